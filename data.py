@@ -1,0 +1,668 @@
+"""
+data.py -- everything about pixels in and out: CIFAR-10 from the raw archives, batches, PNG/PPM
+images, training-curve charts, and the small file helpers the other scripts share.
+
+Run it to check the dataset:
+
+    python data.py                      # looks in data/, downloads the archive if it is missing
+    python data.py --data-dir DIR --no-download
+
+It prints images per class per split, says whether the archive is the official one (md5), and
+writes a grid of examples to runs/data_examples.png. On a 2-core CPU loading all 60,000 images
+from the gzip tarball takes about 3 s (gzip decompression dominates), so nothing is cached.
+
+What it reads (without unpacking anything to disk), whichever it finds in the data folder:
+  cifar-10-python.tar.gz   the official "python" release: pickled dicts, one per batch
+  cifar-10-binary.tar.gz   the official "binary" release: records of 1 label byte + 3072 pixels
+  cifar-10-batches-py/     or cifar-10-batches-bin/, the folders those archives unpack to
+Both releases store each image channel-major: 1024 red, 1024 green, 1024 blue bytes, each plane
+row-major 32 x 32 -- which is exactly a (3, 32, 32) tensor, so no transposes are needed.
+
+Safety: the python release is pickles, and unpickling can run arbitrary code. `_SafeUnpickler`
+allows only the three numpy names the official files use and refuses everything else.
+
+What it leaves out on purpose: torchvision, PIL and matplotlib. The PNG encoder (zlib + struct),
+the bitmap font and the line chart below are a few dozen lines each and have no dependencies.
+"""
+import argparse
+import hashlib
+import io
+import json
+import os
+import pickle
+import struct
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+import zlib
+
+import numpy as np
+import torch
+
+# ----------------------------------------------------------------------------------------------
+# Settings: the official dataset's facts (https://www.cs.toronto.edu/~kriz/cifar.html)
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = {  # md5 of the official archives; any other file still loads, with a warning
+    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530",
+}
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck"]
+TRAIN_BATCHES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"]
+TEST_BATCHES = ["test_batch"]
+PY_DIR, BIN_DIR = "cifar-10-batches-py", "cifar-10-batches-bin"
+PIXELS = 3 * 32 * 32  # 3072 bytes per image
+
+
+class DataError(Exception):
+    """A problem with the data or the inputs, explained in one line for the user."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Small file helpers (used by every script): nothing is ever half-written
+
+def atomic_write_bytes(path, data):
+    """Write `data` to a temp file in the same folder, fsync it, then rename over `path`.
+    A kill at any moment leaves either the old file or the new one, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_torch_save(obj, path):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def pick_device(name="auto"):
+    """'auto' takes cuda, then mps (Apple GPUs, which the study used), then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def format_seconds(s):
+    """1234.5 -> '20m34s': short enough for a progress line."""
+    s = int(round(max(s, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def cli_main(main_fn):
+    """Run a script's main(); turn expected failures into one line on stderr and exit status 2."""
+    try:
+        main_fn()
+    except KeyboardInterrupt:
+        print("error: interrupted (files already written are complete; rerun with --resume "
+              "where the script has it)", file=sys.stderr)
+        sys.exit(2)
+    except (DataError, ValueError, OSError, RuntimeError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the archives
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only what the official CIFAR-10 pickles name. Everything else
+    (os.system, builtins.eval, ...) is refused *before* it can be called."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"refusing to unpickle {module}.{name}: the official CIFAR-10 files "
+                            "never contain it, so this file is not (or no longer) the official one")
+        if name == "_reconstruct":  # numpy 2 moved numpy.core to numpy._core
+            core = getattr(np, "_core", None) or np.core
+            return core.multiarray._reconstruct
+        return getattr(np, name)
+
+
+def _load_py_batch(raw, where):
+    """One python-release batch (bytes of a pickle) -> (uint8 (n, 3072), int64 (n,))."""
+    try:
+        d = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    except Exception as e:  # truncated or garbage pickle: say so, not a raw traceback
+        raise DataError(f"{where}: not a readable CIFAR-10 pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise DataError(f"{where}: expected a dict with b'data' and b'labels'")
+    x, y = d[b"data"], np.asarray(d[b"labels"])
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != PIXELS:
+        raise DataError(f"{where}: b'data' should be a uint8 array (n, {PIXELS}), "
+                        f"got {getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
+    if y.shape != (x.shape[0],):
+        raise DataError(f"{where}: {x.shape[0]} images but {y.size} labels")
+    return x, y.astype(np.int64)
+
+
+def _load_bin_batch(raw, where):
+    """One binary-release batch: records of [label byte][3072 pixel bytes]."""
+    if len(raw) == 0 or len(raw) % (PIXELS + 1):
+        raise DataError(f"{where}: {len(raw)} bytes is not a whole number of "
+                        f"{PIXELS + 1}-byte records (truncated?)")
+    rec = np.frombuffer(raw, np.uint8).reshape(-1, PIXELS + 1)
+    return rec[:, 1:], rec[:, 0].astype(np.int64)
+
+
+def _md5(path, chunk=1 << 22):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+_md5_seen = {}  # (path, size, mtime) -> md5: each file is hashed and warned about once
+
+
+def archive_md5_note(path):
+    """Return (md5, is_official); print a one-line warning once per file if it is not official."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    first = key not in _md5_seen
+    md5 = _md5_seen.setdefault(key, _md5(path) if first else None)
+    official = OFFICIAL_MD5.get(os.path.basename(path)) == md5
+    if not official and first:
+        print(f"warning: {path} has md5 {md5}, not the official "
+              f"{OFFICIAL_MD5.get(os.path.basename(path))}; it loads, but figures may not be "
+              "comparable with ones measured on the official archive", file=sys.stderr)
+    return md5, official
+
+
+def find_archive(root):
+    """The first CIFAR-10 source in `root`, as (kind, path), or None."""
+    for kind, name in (("py", "cifar-10-python.tar.gz"), ("bin", "cifar-10-binary.tar.gz"),
+                       ("py", PY_DIR), ("bin", BIN_DIR)):
+        p = os.path.join(root, name)
+        if os.path.isfile(p) if name.endswith(".gz") else os.path.isdir(p):
+            return kind, p
+    return None
+
+
+def download(root):
+    """Fetch the official python release into root, via a temp file, checking the md5."""
+    dest = os.path.join(root, "cifar-10-python.tar.gz")
+    os.makedirs(root, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix="cifar-10-python.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(URL, timeout=30) as r:
+            total, done, t0 = int(r.headers.get("Content-Length") or 0), 0, time.time()
+            while block := r.read(1 << 20):
+                f.write(block)
+                done += len(block)
+                rate = done / max(time.time() - t0, 1e-9)
+                eta = format_seconds((total - done) / rate) if total else "?"
+                print(f"\rdownloading {URL}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB, ETA {eta}",
+                      end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        got = _md5(tmp)
+        if got != OFFICIAL_MD5["cifar-10-python.tar.gz"]:
+            raise DataError(f"downloaded file has md5 {got}, expected "
+                            f"{OFFICIAL_MD5['cifar-10-python.tar.gz']}; try again")
+        os.replace(tmp, dest)
+        return dest
+    except (OSError, ValueError) as e:  # URLError is an OSError: no network, DNS, refused, ...
+        raise DataError(f"could not download {URL} ({e}); put cifar-10-python.tar.gz into "
+                        f"{os.path.abspath(root)}/ by hand and run again") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+_decoded = {}  # (path, size, mtime) -> both splits, so the train and test loads decompress once
+
+
+def load_cifar10(root="data", train=True, download=True):
+    """-> images uint8 (N, 3, 32, 32), labels int64 (N,), in archive order.
+    N = 50,000 for train (data_batch_1..5), 10,000 for test (test_batch)."""
+    found = find_archive(root)
+    if found is None:
+        if not download:
+            raise DataError(f"no CIFAR-10 in {os.path.abspath(root)}/: put cifar-10-python.tar.gz "
+                            f"(from {URL}) there, or allow the download")
+        found = ("py", globals()["download"](root))
+    kind, path = found
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)  # a changed file is never stale
+    if key not in _decoded:
+        _decoded.clear()  # keep at most one dataset in memory
+        _decoded[key] = _read_splits(kind, path)
+    x, y = _decoded[key][0 if train else 1]
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _read_splits(kind, path):
+    """Decode both splits of one source -> ((train_x, train_y), (test_x, test_y)) as numpy."""
+    names = TRAIN_BATCHES + TEST_BATCHES
+    top = PY_DIR if kind == "py" else BIN_DIR
+    members = [f"{top}/{n}" + ("" if kind == "py" else ".bin") for n in names]
+    decode = _load_py_batch if kind == "py" else _load_bin_batch
+    raws = {}
+    if os.path.isdir(path):
+        for m in members:
+            f = os.path.join(os.path.dirname(path), m)
+            if not os.path.isfile(f):
+                raise DataError(f"{path}: missing {os.path.basename(f)}")
+            with open(f, "rb") as fh:
+                raws[m] = fh.read()
+    else:
+        archive_md5_note(path)
+        try:
+            with tarfile.open(path, "r:gz") as tf:
+                for member in tf:  # one pass over the gzip stream, in archive order
+                    if member.name in members:
+                        raws[member.name] = tf.extractfile(member).read()
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise DataError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e}); "
+                            "delete it and download or copy it again") from None
+        missing = [m for m in members if m not in raws]
+        if missing:
+            raise DataError(f"{path}: not a CIFAR-10 archive, missing member {missing[0]}")
+    splits = []
+    for part in (members[:len(TRAIN_BATCHES)], members[len(TRAIN_BATCHES):]):
+        xs, ys = zip(*(decode(raws[m], f"{path}:{m}") for m in part))
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        if y.min() < 0 or y.max() > 9:
+            raise DataError(f"{path}: labels must lie in 0..9, found {y.min()}..{y.max()}")
+        splits.append((x.reshape(-1, 3, 32, 32), y))
+    return splits
+
+
+# ----------------------------------------------------------------------------------------------
+# Subsets and batches
+
+def stratified_indices(labels, n, seed=42):
+    """n/10 indices per class, drawn with a seeded permutation, sorted ascending. The study
+    trains on 10,000 images (1,000 per class) drawn with seed 42."""
+    labels = torch.as_tensor(labels)
+    if n % 10 or n <= 0:
+        raise ValueError(f"subset size must be a positive multiple of 10 (one tenth per class), not {n}")
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(10):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < n // 10:
+            raise ValueError(f"subset of {n} needs {n // 10} images of class {c}, only {len(idx)} exist")
+        picks.append(idx[torch.randperm(len(idx), generator=g)[: n // 10]])
+    return torch.cat(picks).sort().values
+
+
+def to_float(x):
+    """uint8 [0, 255] -> float32 [-1, 1], the range of a Tanh output."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x):
+    """float [-1, 1] -> uint8 [0, 255], clamped and rounded."""
+    return ((x.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class Batches:
+    """Minibatches from one uint8 tensor that lives on the device (4x smaller than float).
+    The order of epoch e is a pure function of (seed, e), so a resumed run sees the very same
+    batches as an uninterrupted one, with no iterator state to save."""
+
+    def __init__(self, images, labels, batch_size, device="cpu", seed=42, shuffle=True,
+                 drop_last=False):
+        self.x = images.to(device)  # (N, 3, 32, 32) uint8
+        self.y = labels.to(device)  # (N,) int64
+        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
+
+    def __len__(self):
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, e):
+        n = len(self.x)
+        if self.shuffle:  # permutation drawn on the CPU: identical on every device
+            g = torch.Generator().manual_seed(self.seed * 1000003 + e)
+            order = torch.randperm(n, generator=g).to(self.x.device)
+        else:
+            order = torch.arange(n, device=self.x.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield to_float(self.x[idx]), self.y[idx]
+
+
+# ----------------------------------------------------------------------------------------------
+# Images out: PNG (zlib + struct) and binary PPM
+
+def encode_png(img):
+    """uint8 (3, H, W) -> PNG bytes: 8-bit RGB, no interlace, filter 0 on every row."""
+    c, h, w = img.shape
+    rows = img.permute(1, 2, 0).contiguous().numpy().reshape(h, w * 3)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter byte 0
+
+    def chunk(kind, payload):  # length, type, data, CRC over type + data
+        return struct.pack(">I", len(payload)) + kind + payload + \
+            struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, colour type 2 = RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + \
+        chunk(b"IEND", b"")
+
+
+def save_image(img, path):
+    """uint8 (3, H, W) -> .png or .ppm (P6), chosen by the extension; written atomically."""
+    img = torch.as_tensor(img).cpu()
+    if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"save_image wants uint8 (3, H, W), got {img.dtype} {tuple(img.shape)}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".png":
+        data = encode_png(img)
+    elif ext == ".ppm":
+        h, w = img.shape[1:]
+        data = f"P6\n{w} {h}\n255\n".encode() + img.permute(1, 2, 0).contiguous().numpy().tobytes()
+    else:
+        raise ValueError(f"{path}: images are written as .png or .ppm")
+    atomic_write_bytes(path, data)
+
+
+def make_grid(images, nrow=8, padding=2, pad_value=255):
+    """(N, 3, H, W) float in [-1, 1] or uint8 -> one uint8 (3, H', W') picture, nrow per row."""
+    x = images.detach().cpu()
+    x = x if x.dtype == torch.uint8 else to_uint8(x)
+    n, c, h, w = x.shape
+    rows = -(-n // nrow)
+    grid = torch.full((3, rows * (h + padding) + padding, nrow * (w + padding) + padding),
+                      pad_value, dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        grid[:, padding + r * (h + padding):][:, :h, padding + k * (w + padding):][:, :, :w] = x[i]
+    return grid
+
+
+def save_grid(images, path, nrow=8, padding=2):
+    save_image(make_grid(images, nrow=nrow, padding=padding), path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Charts: a line chart drawn into a uint8 canvas with a 5x7 bitmap font
+
+# Each glyph: 7 rows of 5 pixels ('#' = ink). Lower case is drawn with the upper-case glyphs.
+_FONT_SRC = {  # glyph rows, top to bottom, separated by "/"
+    "0": ".###./#...#/#..##/#.#.#/##..#/#...#/.###.", "1": "..#../.##../..#../..#../..#../..#../.###.",
+    "2": ".###./#...#/....#/...#./..#../.#.../#####", "3": "####./....#/....#/.###./....#/....#/####.",
+    "4": "...#./..##./.#.#./#..#./#####/...#./...#.", "5": "#####/#..../####./....#/....#/#...#/.###.",
+    "6": ".###./#..../#..../####./#...#/#...#/.###.", "7": "#####/....#/...#./..#../.#.../.#.../.#...",
+    "8": ".###./#...#/#...#/.###./#...#/#...#/.###.", "9": ".###./#...#/#...#/.####/....#/....#/.###.",
+    "A": ".###./#...#/#...#/#####/#...#/#...#/#...#", "B": "####./#...#/#...#/####./#...#/#...#/####.",
+    "C": ".###./#...#/#..../#..../#..../#...#/.###.", "D": "####./#...#/#...#/#...#/#...#/#...#/####.",
+    "E": "#####/#..../#..../####./#..../#..../#####", "F": "#####/#..../#..../####./#..../#..../#....",
+    "G": ".###./#...#/#..../#.###/#...#/#...#/.####", "H": "#...#/#...#/#...#/#####/#...#/#...#/#...#",
+    "I": ".###./..#../..#../..#../..#../..#../.###.", "J": "..###/...#./...#./...#./#..#./#..#./.##..",
+    "K": "#...#/#..#./#.#../##.../#.#../#..#./#...#", "L": "#..../#..../#..../#..../#..../#..../#####",
+    "M": "#...#/##.##/#.#.#/#.#.#/#...#/#...#/#...#", "N": "#...#/##..#/#.#.#/#..##/#...#/#...#/#...#",
+    "O": ".###./#...#/#...#/#...#/#...#/#...#/.###.", "P": "####./#...#/#...#/####./#..../#..../#....",
+    "Q": ".###./#...#/#...#/#...#/#.#.#/#..#./.##.#", "R": "####./#...#/#...#/####./#.#../#..#./#...#",
+    "S": ".####/#..../#..../.###./....#/....#/####.", "T": "#####/..#../..#../..#../..#../..#../..#..",
+    "U": "#...#/#...#/#...#/#...#/#...#/#...#/.###.", "V": "#...#/#...#/#...#/#...#/#...#/.#.#./..#..",
+    "W": "#...#/#...#/#...#/#.#.#/#.#.#/#.#.#/.#.#.", "X": "#...#/#...#/.#.#./..#../.#.#./#...#/#...#",
+    "Y": "#...#/#...#/.#.#./..#../..#../..#../..#..", "Z": "#####/....#/...#./..#../.#.../#..../#####",
+    ".": "...../...../...../...../...../.##../.##..", ",": "...../...../...../...../.##../..#../.#...",
+    "-": "...../...../...../#####/...../...../.....", "+": "...../..#../..#../#####/..#../..#../.....",
+    "(": "...#./..#../.#.../.#.../.#.../..#../...#.", ")": ".#.../..#../...#./...#./...#./..#../.#...",
+    "/": "....#/....#/...#./..#../.#.../#..../#....", ":": "...../.##../.##../...../.##../.##../.....",
+    "%": "##..#/##..#/...#./..#../.#.../#..##/#..##", "=": "...../...../#####/...../#####/...../.....",
+    "_": "...../...../...../...../...../...../#####", " ": "...../...../...../...../...../...../.....",
+    "^": "..#../.#.#./#...#/...../...../...../.....", "x": "...../...../#...#/.#.#./..#../.#.#./#...#",
+    "'": "..#../..#../...../...../...../...../.....", "*": "...../#.#.#/.###./#####/.###./#.#.#/.....",
+}
+_FONT = {k: np.array([[c == "#" for c in row] for row in v.split("/")], bool)
+         for k, v in _FONT_SRC.items()}  # each (7, 5)
+PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14),
+           (148, 103, 189), (23, 190, 207), (140, 86, 75), (127, 127, 127)]
+
+
+def draw_text(canvas, x, y, text, color=(0, 0, 0), scale=1):
+    """Stamp text into canvas (H, W, 3) uint8 with its top-left corner at (x, y)."""
+    for ch in str(text):
+        glyph = _FONT.get(ch if ch in _FONT else ch.upper(), _FONT["."] if ch.strip() else _FONT[" "])
+        big = glyph.repeat(scale, 0).repeat(scale, 1)
+        ys, xs = np.nonzero(big)
+        ys, xs = ys + y, xs + x
+        ok = (ys >= 0) & (ys < canvas.shape[0]) & (xs >= 0) & (xs < canvas.shape[1])
+        canvas[ys[ok], xs[ok]] = color
+        x += 6 * scale
+
+
+def _draw_line(canvas, x0, y0, x1, y1, color, width=2):
+    n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
+    xs = np.rint(np.linspace(x0, x1, n)).astype(int)
+    ys = np.rint(np.linspace(y0, y1, n)).astype(int)
+    for dy in range(width):
+        for dx in range(width):
+            ok = (ys + dy < canvas.shape[0]) & (xs + dx < canvas.shape[1])
+            canvas[ys[ok] + dy, xs[ok] + dx] = color
+
+
+def _nice_ticks(lo, hi, n=5):
+    """Round tick values (1, 2 or 5 times a power of ten) covering [lo, hi]."""
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / n
+    step = min((m * 10 ** np.floor(np.log10(raw)) for m in (1, 2, 5, 10)),
+               key=lambda s: abs((hi - lo) / s - n))
+    first = np.ceil(lo / step - 1e-9) * step
+    return [t for t in np.arange(first, hi + step * 1e-6, step)]
+
+
+def _fmt_tick(v):
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e5 or abs(v) < 1e-3:
+        return f"{v:.0e}".replace("e+0", "e").replace("e-0", "e-")
+    return f"{v:.4g}"
+
+
+def draw_chart(series, title="", xlabel="", ylabel="", log_y=False, width=480, height=320):
+    """Line chart -> uint8 (3, height, width). series: {name: (xs, ys)}; non-finite points are
+    skipped (the line breaks there); log_y plots log10(y) for positive y only."""
+    S = 1 if width < 400 else 2  # font scale: 5x7 pixels per glyph at 1, 10x14 at 2
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    left, right, bottom = 14 * 6 * S // 2 + 8 * S, 8 * S, 22 * S
+    legend_at, lx, ly = [], left, 13 * S  # legend entries flow left to right, wrapping
+    for name in series:
+        w = (13 + 6 * len(name) + 6) * S
+        if lx + w > width and lx > left:
+            lx, ly = left, ly + 10 * S
+        legend_at.append((lx, ly))
+        lx += w
+    top = ly + 12 * S
+    pw, ph = width - left - right, height - top - bottom
+    data = []
+    for name, (xs, ys) in series.items():
+        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+        ok = np.isfinite(xs) & np.isfinite(ys) & ((ys > 0) if log_y else True)
+        ys = np.where(ok, np.log10(np.where(ok, ys, 1.0)) if log_y else ys, np.nan)
+        data.append((name, xs, ys))
+    allx = np.concatenate([d[1][np.isfinite(d[2])] for d in data] or [np.zeros(0)])
+    ally = np.concatenate([d[2][np.isfinite(d[2])] for d in data] or [np.zeros(0)])
+    x0, x1 = (allx.min(), allx.max()) if allx.size else (0.0, 1.0)
+    y0, y1 = (ally.min(), ally.max()) if ally.size else (0.0, 1.0)
+    if x1 == x0:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    y0, y1 = y0 - 0.04 * (y1 - y0), y1 + 0.04 * (y1 - y0)  # a little air above and below
+
+    def px(x):
+        return left + (x - x0) / (x1 - x0) * (pw - 1)
+
+    def py(y):
+        return top + (y1 - y) / (y1 - y0) * (ph - 1)
+    grey, dark = (225, 225, 225), (60, 60, 60)
+    if not log_y:
+        yt = [(t, t) for t in _nice_ticks(y0, y1)]  # (position, value shown)
+    else:  # decades where the range spans two or more, else round values between the ends
+        yt = [(float(t), 10.0 ** t) for t in range(int(np.ceil(y0)), int(np.floor(y1)) + 1)]
+        if len(yt) < 2:
+            yt = [(np.log10(v), v) for v in _nice_ticks(10 ** y0, 10 ** y1) if v > 0]
+    for t, value in yt:
+        yy = int(round(py(t)))
+        canvas[yy, left:left + pw] = grey
+        label = _fmt_tick(value)
+        draw_text(canvas, left - 6 * S * len(label) - 4 * S, yy - 3 * S, label, dark, S)
+    for t in _nice_ticks(x0, x1):
+        xx = int(round(px(t)))
+        canvas[top:top + ph, xx] = grey
+        label = _fmt_tick(t)
+        draw_text(canvas, xx - 3 * S * len(label), top + ph + 4 * S, label, dark, S)
+    canvas[top:top + ph, left] = dark
+    canvas[top + ph - 1, left:left + pw] = dark
+    for i, (name, xs, ys) in enumerate(data):
+        color = PALETTE[i % len(PALETTE)]
+        for j in range(len(xs) - 1):
+            if np.isfinite(ys[j]) and np.isfinite(ys[j + 1]):
+                _draw_line(canvas, px(xs[j]), py(ys[j]), px(xs[j + 1]), py(ys[j + 1]), color, S)
+        if len(xs) == 1 and np.isfinite(ys[0]):  # a single point still shows
+            _draw_line(canvas, px(xs[0]) - 2, py(ys[0]), px(xs[0]) + 2, py(ys[0]), color, 2 * S)
+    for i, (name, _, _) in enumerate(data):  # legend: the strip under the title, never on data
+        (lx, ly), color = legend_at[i], PALETTE[i % len(PALETTE)]
+        canvas[ly + 2 * S: ly + 5 * S, lx: lx + 10 * S] = color
+        draw_text(canvas, lx + 13 * S, ly, name, dark, S)
+    draw_text(canvas, left, 3 * S, title + ("  (log scale)" if log_y else ""), (0, 0, 0), S)
+    draw_text(canvas, left + pw - 6 * S * len(xlabel), height - 9 * S, xlabel, dark, S)
+    draw_text(canvas, 2, height - 9 * S, ylabel, dark, S)
+    return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
+
+
+def save_charts(path, charts, ncols=3):
+    """Tile equally sized chart images (3, H, W) into one picture, ncols per row."""
+    charts = list(charts)
+    grid = make_grid(torch.stack(charts), nrow=min(ncols, len(charts)), padding=4)
+    save_image(grid, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic archives in the exact official layouts, for the tests
+
+class _Py2Pickler(pickle._Pickler):
+    """Pickles bytes as Python 2 byte strings (BINSTRING opcodes), as the official files do.
+    Python 3's own protocol-2 pickles spell bytes as calls to _codecs.encode instead, which the
+    safe loader (rightly) refuses."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+    dispatch[bytes] = save_py2_str
+
+
+def _py2_pickle(obj):
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    # numpy 2 names its array constructor numpy._core...; the official files say numpy.core...
+    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def make_fake_cifar(root, n_train_per_batch=20, n_test=20, fmt="python", seed=0):
+    """Write a tiny CIFAR-10 lookalike into root (cifar-10-python.tar.gz or
+    cifar-10-binary.tar.gz) and return (train_x, train_y, test_x, test_y) as torch tensors.
+    Labels cycle 0..9, so n a multiple of 10 gives balanced classes."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    sizes = {n: n_train_per_batch for n in TRAIN_BATCHES} | {"test_batch": n_test}
+    content, out = {}, {}
+    for name, n in sizes.items():
+        x = rng.integers(0, 256, size=(n, PIXELS), dtype=np.uint8)
+        y = (np.arange(n) + rng.integers(0, 10)) % 10
+        out[name] = (x, y)
+        if fmt == "python":  # protocol 2 dict with bytes keys, like the official (Python 2) files
+            d = {b"batch_label": name.encode(), b"labels": [int(v) for v in y], b"data": x,
+                 b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+            content[f"{PY_DIR}/{name}"] = _py2_pickle(d)
+        else:
+            rec = np.concatenate([y.astype(np.uint8)[:, None], x], axis=1)
+            content[f"{BIN_DIR}/{name}.bin"] = rec.tobytes()
+    if fmt == "python":
+        meta = {b"label_names": [c.encode() for c in CLASSES], b"num_vis": PIXELS}
+        content[f"{PY_DIR}/batches.meta"] = _py2_pickle(meta)
+    else:
+        content[f"{BIN_DIR}/batches.meta.txt"] = ("\n".join(CLASSES) + "\n").encode()
+    path = os.path.join(root, "cifar-10-python.tar.gz" if fmt == "python" else "cifar-10-binary.tar.gz")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, raw in content.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tf.addfile(info, io.BytesIO(raw))
+    atomic_write_bytes(path, buf.getvalue())
+
+    def cat(names):
+        x = np.concatenate([out[n][0] for n in names]).reshape(-1, 3, 32, 32)
+        return torch.from_numpy(x), torch.from_numpy(np.concatenate([out[n][1] for n in names]))
+    return (*cat(TRAIN_BATCHES), *cat(TEST_BATCHES))
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: check the dataset and look at it
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Check the CIFAR-10 data: per-class counts, md5, and a "
+                                "grid of examples written to runs/data_examples.png.")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-10-python.tar.gz, "
+                   "cifar-10-binary.tar.gz or the folders they unpack to (default: data)")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download; fail with a message if the archive is missing")
+    p.add_argument("--out", default="runs/data_examples.png", help="example grid (.png or .ppm)")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    train_x, train_y = load_cifar10(args.data_dir, train=True, download=not args.no_download)
+    test_x, test_y = load_cifar10(args.data_dir, train=False, download=False)
+    kind, path = find_archive(args.data_dir)
+    print(f"source: {path} ({'python' if kind == 'py' else 'binary'} release), "
+          f"loaded in {time.time() - t0:.1f} s")
+    if os.path.isfile(path):
+        md5, official = archive_md5_note(path)
+        print(f"md5: {md5} ({'official' if official else 'NOT the official archive'})")
+    print(f"{'class':>12} {'train':>7} {'test':>7}")
+    for c, name in enumerate(CLASSES):
+        print(f"{name:>12} {(train_y == c).sum().item():7d} {(test_y == c).sum().item():7d}")
+    print(f"{'total':>12} {len(train_y):7d} {len(test_y):7d}")
+    # 8 examples of each class, one class per row, first ones in archive order
+    picks = torch.cat([torch.nonzero(train_y == c).flatten()[:8] for c in range(10)])
+    save_grid(train_x[picks], args.out, nrow=8)
+    print(f"wrote {args.out} (rows: {', '.join(CLASSES)})")
+
+
+if __name__ == "__main__":
+    cli_main(main)
