@@ -71,6 +71,9 @@ def atomic_write_bytes(path, data):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions of a new file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

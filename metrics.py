@@ -1,0 +1,674 @@
+"""metrics.py -- how good are the representations and the samples? (NumPy + torch, CPU is fine)
+
+What it does
+------------
+1. Linear probe (Radford et al. 2016, "Unsupervised representation learning with deep
+   convolutional GANs", sec. 5.1): freeze a network, take its features, fit a multinomial
+   logistic regression on the labelled training subset and report test accuracy. Written here
+   in NumPy, float64: standardised features; the L2 strength chosen on a stratified held-out
+   20% of the training rows (grid 1e1 .. 1e-4, strongest first, warm-started); then a refit on
+   all training rows. The optimiser is a small full-batch L-BFGS run to a gradient tolerance,
+   preconditioned with the top eigenvectors of the feature covariance (pixel features are so
+   correlated that plain L-BFGS needs 10-20x more steps). Deterministic: same inputs, same number.
+2. Sample-quality metrics on feature sets (Inception-v3 pool3 features, 2048-d):
+   - FID, Frechet Inception Distance (Heusel et al. 2017, "GANs trained by a two time-scale
+     update rule converge to a local Nash equilibrium"): Frechet distance between Gaussians
+     fitted to the two feature sets. Biased upwards at finite sample counts, so FIDs are
+     comparable only at equal N, and undefined (singular covariance) at N <= 2048.
+   - KID, Kernel Inception Distance (Binkowski et al. 2018, "Demystifying MMD GANs"): unbiased
+     MMD^2 with the cubic polynomial kernel, averaged over random subsets of 1,000. Its
+     expectation does not depend on N, so small CPU-sized samples still give fair numbers.
+   - Precision and recall (Kynkaanniemi et al. 2019, "Improved precision and recall metric for
+     assessing generative models"): k-NN balls (k = 3) around each real / fake feature.
+3. Inception features: a TorchScript Inception-v3 (NVIDIA's inception-2015-12-05.pt, or the file
+   ../shared/tools/get-fid-inception.sh writes), and a feature cache for real image sets.
+
+Run
+---
+    python metrics.py --probe-pixels                                  # raw-pixel probe baseline
+    python metrics.py --fid-net data/fid_inception.pt --n 500 --allow-singular-fid
+                        # two disjoint stratified draws of 500 test images: the floor that
+                        # generated images are measured against at this N
+    python metrics.py --fid-net data/fid_inception.pt --n 2500 --vs train   # test vs train
+
+Result (2-core CPU shared with other jobs, so slow side): raw-pixel probe, 10,000-image
+stratified training subset -> 10,000 test images: 38.8% test accuracy in ~20 s (scikit-learn
+gives 38.9%). Probe on 64-d features ~1 s, on 7168-d ~30 s. Inception-v3 at 2 images/s on
+the loaded machine (the issue measured ~9 on a quiet one), hence few thousand FID samples on a
+CPU. Two draws of 100 test images: FID 165 (biased, N << 2048), KID ~0, precision = recall 0.76.
+
+Left out on purpose: Inception Score (unreliable on CIFAR-10), FID-infinity, and any download:
+the network file is fetched by a separate script, never silently.
+"""
+import argparse
+import hashlib
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+# ---------------------------------------------------------------------------------------------
+# Settings (one place; units and reasons)
+# ---------------------------------------------------------------------------------------------
+PROBE_L2_GRID = (1e1, 1e0, 1e-1, 1e-2, 1e-3, 1e-4)  # L2 strengths tried, strongest first so each
+                                                    # fit warm-starts the next (weaker) one
+PROBE_HOLDOUT = 0.2        # fraction of the training features held out to choose the L2 strength
+PROBE_TOL = 1e-4           # stop when max |gradient| of the mean loss is below this (the
+                           # default tol of scikit-learn's lbfgs solver); held-out accuracy on
+                           # CIFAR pixels stops moving well before (measured: by ~1e-3)
+PROBE_MAX_ITER = 500       # L-BFGS iterations per fit (cap; reported when hit)
+LBFGS_MEMORY = 10          # (s, y) pairs kept by L-BFGS
+PROBE_EIG_K = 64           # top covariance eigenvectors used by the preconditioner
+PROBE_EXACT_EIG_DIM = 1024 # up to this feature size the covariance is eigendecomposed exactly
+KID_SUBSET_SIZE = 1000     # Binkowski et al. 2018 use subsets of 1000
+KID_SUBSETS = 100          # number of random subsets averaged
+PR_K = 3                   # Kynkaanniemi et al. 2019: k = 3 nearest neighbours
+PR_BATCH = 1024            # rows per distance block (1024 x 10000 float64 = 80 MB)
+FID_SIZE = 299             # Inception-v3 input resolution
+FID_DIM = 2048             # pool3 feature size
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear probe: multinomial logistic regression in NumPy
+# ---------------------------------------------------------------------------------------------
+def _as_numpy(x):
+    """torch tensor or array-like -> numpy array (no copy when already numpy)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def pixel_features(images_uint8):
+    """(N, 3, H, W) uint8 images -> (N, 3*H*W) float32 in [0, 1]: the raw-pixel probe baseline.
+    (The probe standardises its inputs, so the scale does not matter; float32 halves memory.)"""
+    x = _as_numpy(images_uint8)
+    return x.reshape(len(x), -1).astype(np.float32) / 255.0
+
+
+def _softmax_loss_grad(theta, X, y, l2, n_classes):
+    """Mean cross-entropy of softmax(X W + b) plus (l2 / 2) * ||W||^2, and its gradient.
+
+    theta: flat (D*C + C,) float64 = W (D, C) row-major, then b (C,). X: (N, D) float64,
+    y: (N,) int class indices. The loss is AVERAGED over the N samples (so l2 does not depend on
+    N); the bias is not regularised.
+    """
+    n, d = X.shape
+    W = theta[: d * n_classes].reshape(d, n_classes)
+    b = theta[d * n_classes:]
+    z = X @ W + b                                   # (N, C) logits
+    z -= z.max(axis=1, keepdims=True)               # stable log-sum-exp
+    lse = np.log(np.exp(z).sum(axis=1))             # (N,)
+    rows = np.arange(n)
+    loss = np.mean(lse - z[rows, y]) + 0.5 * l2 * np.sum(W * W)
+    p = np.exp(z - lse[:, None])                    # (N, C) softmax probabilities
+    p[rows, y] -= 1.0                               # d(CE)/d(logits) = p - onehot(y)
+    p /= n                                          # ... averaged over the batch
+    gW = X.T @ p + l2 * W                           # (D, C)
+    gb = p.sum(axis=0)                              # (C,)
+    return loss, np.concatenate([gW.ravel(), gb])
+
+
+def _lbfgs(fun, x0, precond=None, tol=PROBE_TOL, max_iter=PROBE_MAX_ITER, memory=LBFGS_MEMORY):
+    """Minimise a smooth function with L-BFGS (Nocedal & Wright 2006, alg. 7.4 and 7.5).
+
+    fun(x) -> (f, grad). Direction from the two-loop recursion over the last `memory` pairs
+    s = x_new - x, y = g_new - g, started from H0 = gamma * precond (precond(v) applies a fixed
+    symmetric positive-definite approximation of the inverse Hessian; None = identity); step
+    length by backtracking from t = 1 until the Armijo condition f_new <= f + 1e-4 * t * g.d
+    holds. For a strictly convex f (our L2-regularised loss) s.y > 0 always, so the
+    inverse-Hessian estimate stays positive definite.
+    Returns (x, f, iterations, converged) where converged means max|grad| <= tol.
+    """
+    if precond is None:
+        precond = lambda v: v
+    x = x0.copy()
+    f, g = fun(x)
+    S, Y, RHO = [], [], []                          # history, oldest first
+    for it in range(max_iter):
+        if np.max(np.abs(g)) <= tol:
+            return x, f, it, True
+        # Two-loop recursion: r ~= H^{-1} g.
+        q = g.copy()
+        alphas = []
+        for s, yv, rho in zip(reversed(S), reversed(Y), reversed(RHO)):
+            a = rho * (s @ q)
+            q -= a * yv
+            alphas.append(a)
+        if S:   # scale H0 to the curvature just seen along s: gamma = s.y / (y.P y)
+            gamma = (S[-1] @ Y[-1]) / (Y[-1] @ precond(Y[-1]))
+        else:   # first step: trust the preconditioner, but never step further than 1 unit
+            gamma = 1.0 / max(1.0, np.linalg.norm(precond(g)))
+        r = gamma * precond(q)
+        for s, yv, rho, a in zip(S, Y, RHO, reversed(alphas)):
+            r += s * (a - rho * (yv @ r))
+        d = -r
+        gd = g @ d
+        if gd >= 0:        # not a descent direction (numerical trouble): restart with -g
+            S, Y, RHO = [], [], []
+            d, gd = -g, -(g @ g)
+        # Backtracking (Armijo) line search; t = 1 is the natural quasi-Newton step.
+        t = 1.0
+        while True:
+            x_new = x + t * d
+            f_new, g_new = fun(x_new)
+            if f_new <= f + 1e-4 * t * gd:
+                break
+            t *= 0.5
+            if t < 1e-10:  # cannot decrease f any more: we are at the floating-point floor
+                return x, f, it, False
+        s, yv = x_new - x, g_new - g
+        sy = s @ yv
+        if sy > 1e-12:     # keep the pair only if it carries positive curvature
+            S.append(s); Y.append(yv); RHO.append(1.0 / sy)
+            if len(S) > memory:
+                S.pop(0); Y.pop(0); RHO.pop(0)
+        x, f, g = x_new, f_new, g_new
+    return x, f, max_iter, bool(np.max(np.abs(g)) <= tol)
+
+
+def _top_eig(X, k, seed):
+    """Largest k eigenvalues/vectors of the feature covariance X^T X / N (X standardised).
+
+    Returns (lam (k,), V (D, k)). Small D: exact (numpy eigh of the D x D matrix). Large D: the
+    randomised range finder with one power iteration (Halko, Martinsson & Tropp 2011), which
+    only needs products with X -- the D x D matrix is never formed (D = 7168 would make its
+    eigh take minutes on 2 cores). Only used to build a preconditioner, so rough is fine.
+    """
+    n, d = X.shape
+    if d <= PROBE_EXACT_EIG_DIM:
+        lam, V = np.linalg.eigh(X.T @ X / n)
+        return lam[::-1], V[:, ::-1]
+    rng = np.random.default_rng(seed)
+    Q = rng.standard_normal((d, k + 10))            # 10 extra columns: oversampling
+    for _ in range(2):                              # range of (X^T X) Q, then one power step
+        Q, _ = np.linalg.qr(X.T @ (X @ Q))          # (D, k+10), orthonormal columns
+    B = Q.T @ (X.T @ (X @ Q)) / n                   # (k+10, k+10) projected covariance
+    lam, U = np.linalg.eigh(B)
+    return lam[::-1][:k], (Q @ U[:, ::-1])[:, :k]
+
+
+def _make_precond(lam, V, l2, n_classes):
+    """Fixed inverse-Hessian approximation for the softmax loss, used as L-BFGS's H0.
+
+    Near uniform predictions the loss Hessian is about (Sigma kron A) + l2 I, Sigma = X^T X / N
+    the feature covariance and A = diag(p) - p p^T the softmax curvature with p = 1/C, whose
+    non-zero eigenvalues are all c = 1/C. So for the weights we apply (c Sigma + l2 I)^-1 to
+    each of the C columns, with Sigma known along its top eigenvectors V and its other
+    eigenvalues replaced by the smallest known one (an overestimate: safe, shorter steps).
+    The bias (constant feature, curvature c) gets 1/c. Standardised pixel features have a
+    covariance spectrum from ~800 down to ~0, so without this L-BFGS needs 10-20x more steps.
+    """
+    c = 1.0 / n_classes
+    d = V.shape[0]
+    a = 1.0 / (c * lam + l2)                        # (k,) inverse curvature along V
+    a_rest = 1.0 / (c * max(lam[-1], 0.0) + l2)     # everywhere else
+    def precond(v):
+        G = v[: d * n_classes].reshape(d, n_classes)
+        out = a_rest * G + V @ ((a - a_rest)[:, None] * (V.T @ G))
+        return np.concatenate([out.ravel(), v[d * n_classes:] / c])
+    return precond
+
+
+def _stratified_holdout(y, frac, seed):
+    """Boolean mask (N,) selecting round(frac * n_c) samples of each class c, seeded."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = int(round(frac * len(idx)))
+        mask[rng.permutation(idx)[:k]] = True
+    return mask
+
+
+def _predict(theta, X_raw, mean, std, n_classes, chunk=2048):
+    """argmax class of standardised X_raw rows, in chunks (no full float64 copy of X_raw)."""
+    d = X_raw.shape[1]
+    W = theta[: d * n_classes].reshape(d, n_classes)
+    b = theta[d * n_classes:]
+    out = np.empty(len(X_raw), dtype=np.int64)
+    for i in range(0, len(X_raw), chunk):
+        xs = (X_raw[i:i + chunk].astype(np.float64) - mean) / std
+        out[i:i + chunk] = np.argmax(xs @ W + b, axis=1)
+    return out
+
+
+def linear_probe(train_x, train_y, test_x, test_y, seed=0, l2_grid=PROBE_L2_GRID,
+                 tol=PROBE_TOL, max_iter=PROBE_MAX_ITER, verbose=False):
+    """Multinomial logistic-regression probe: fit on (train_x, train_y), report test accuracy.
+
+    train_x: (N, D) features (numpy or torch, any float/int dtype), train_y: (N,) int labels;
+    test_x: (M, D), test_y: (M,). Steps:
+      1. standardise every feature with the TRAINING mean and std (std = 0 -> 1, so constant
+         features become 0 and are ignored);
+      2. hold out a stratified, seeded 20% of the training rows; for each L2 strength in
+         l2_grid (strongest first, each fit warm-started from the previous one) fit on the
+         other 80% and measure held-out accuracy; keep the best (ties -> stronger L2), and
+         stop once the held-out accuracy falls below the best so far;
+      3. refit on ALL training rows with that L2 (warm-started) and measure test accuracy.
+    Loss = mean cross-entropy + (l2 / 2) * ||W||^2 (bias unregularised), minimised by L-BFGS
+    in float64 to max|grad| <= tol. (The standardisation stats include the held-out rows; they
+    carry no labels, so this does not leak the answer.)
+
+    Returns dict: acc (test accuracy in [0, 1]), l2 (chosen), train_acc, val_acc (held-out
+    accuracy of the chosen l2), iters (L-BFGS iterations of the final fit), converged (final fit
+    reached tol), grid (list of (l2, val_acc, iters)), dim, n_train, n_test, seconds.
+    """
+    t0 = time.time()
+    X = _as_numpy(train_x)
+    X = X.reshape(len(X), -1)
+    Xt = _as_numpy(test_x)
+    Xt = Xt.reshape(len(Xt), -1)
+    y_raw, yt_raw = _as_numpy(train_y).ravel(), _as_numpy(test_y).ravel()
+    if len(X) != len(y_raw) or len(Xt) != len(yt_raw):
+        raise ValueError(f"linear_probe: {len(X)} train rows vs {len(y_raw)} labels, "
+                         f"{len(Xt)} test rows vs {len(yt_raw)} labels")
+    if X.shape[1] != Xt.shape[1]:
+        raise ValueError(f"linear_probe: train features are {X.shape[1]}-d, test {Xt.shape[1]}-d")
+    classes, y = np.unique(y_raw, return_inverse=True)   # labels -> 0..C-1
+    n_classes = len(classes)
+    if n_classes < 2:
+        raise ValueError("linear_probe: the training labels hold fewer than 2 classes")
+    n, d = X.shape
+
+    # 1. Standardise (float64). Rows are permuted so the 80/20 split is two contiguous views of
+    # ONE standardised copy (a 10k x 7168 float64 matrix is 570 MB; no second copy is made).
+    mean = X.mean(axis=0, dtype=np.float64)
+    std = X.std(axis=0, dtype=np.float64)
+    std[std < 1e-12] = 1.0
+    hold = _stratified_holdout(y, PROBE_HOLDOUT, seed)
+    order = np.concatenate([np.flatnonzero(~hold), np.flatnonzero(hold)])
+    Xs = X[order].astype(np.float64, copy=False)         # (N, D), fit rows first
+    Xs -= mean                                           # in place: no float64 temporaries
+    Xs /= std
+    ys = y[order]
+    n_fit = int((~hold).sum())
+    X_fit, y_fit, X_val, y_val = Xs[:n_fit], ys[:n_fit], Xs[n_fit:], ys[n_fit:]
+
+    # Preconditioner basis, once from all training rows (also fine for the 80% fits).
+    lam, V = _top_eig(Xs, PROBE_EIG_K, seed)
+
+    # 2. Choose L2 on the held-out rows.
+    theta = np.zeros(d * n_classes + n_classes)
+    grid, best = [], None
+    for l2 in l2_grid:
+        fun = lambda th, l2=l2: _softmax_loss_grad(th, X_fit, y_fit, l2, n_classes)
+        theta, _, iters, _ = _lbfgs(fun, theta, _make_precond(lam, V, l2, n_classes),
+                                    tol=tol, max_iter=max_iter)
+        W, b = theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes:]
+        val_acc = float(np.mean(np.argmax(X_val @ W + b, axis=1) == y_val)) if len(y_val) else 0.0
+        grid.append((float(l2), val_acc, int(iters)))
+        if best is None or val_acc > best[1]:          # strict '>' keeps the stronger L2 on ties
+            best = (l2, val_acc, theta.copy())
+        if verbose:
+            print(f"probe: l2 {l2:.0e}  val acc {val_acc:.4f}  iters {iters}", file=sys.stderr)
+        # Held-out accuracy against L2 strength rises, peaks, then falls as the fit overfits;
+        # once it falls below the best so far, weaker L2 values (the slowest fits: worst
+        # conditioned) are not worth fitting.
+        if val_acc < best[1]:
+            break
+    l2, val_acc, theta = best
+
+    # 3. Refit on all training rows with the chosen L2.
+    fun = lambda th: _softmax_loss_grad(th, Xs, ys, l2, n_classes)
+    theta, _, iters, converged = _lbfgs(fun, theta, _make_precond(lam, V, l2, n_classes),
+                                        tol=tol, max_iter=max_iter)
+    W, b = theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes:]
+    train_acc = float(np.mean(np.argmax(Xs @ W + b, axis=1) == ys))
+    del Xs, X_fit, X_val
+    # Test labels are mapped into the training classes; a class never seen in training
+    # can never be predicted, so it simply counts as wrong.
+    pred = classes[_predict(theta, Xt, mean, std, n_classes)]
+    acc = float(np.mean(pred == yt_raw))
+    return dict(acc=acc, l2=float(l2), train_acc=train_acc, val_acc=float(val_acc),
+                iters=int(iters), converged=bool(converged), grid=grid, dim=int(d),
+                n_train=int(n), n_test=int(len(Xt)), seconds=time.time() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample-quality metrics on feature sets (float64 NumPy)
+# ---------------------------------------------------------------------------------------------
+def _features64(f, name):
+    f = _as_numpy(f).astype(np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"{name}: features must be a 2-D array (N, D), got shape {f.shape}")
+    return f
+
+
+def frechet_distance(mu1, s1, mu2, s2):
+    """Squared Frechet (2-Wasserstein) distance between N(mu1, s1) and N(mu2, s2):
+
+        d^2 = |mu1 - mu2|^2 + Tr(s1) + Tr(s2) - 2 Tr((s1^1/2 s2 s1^1/2)^1/2)     (Heusel 2017)
+
+    The trace term uses the symmetric form: s1^1/2 s2 s1^1/2 is symmetric positive
+    semi-definite, so its square root's trace is the sum of the square roots of its eigenvalues
+    (numpy eigh / eigvalsh, real and stable), unlike sqrtm(s1 s2) of a non-symmetric product,
+    which can return complex noise. Eigenvalues that roundoff makes slightly negative are
+    clipped to 0, and so is the final value (a squared distance cannot be negative).
+    mu: (D,), s: (D, D); any covariances work here, singular ones included -- the check on
+    sample counts lives in fid_from_features.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
+        raise ValueError(f"frechet_distance: shapes do not match: mu {mu1.shape} {mu2.shape}, "
+                         f"cov {s1.shape} {s2.shape}")
+    w, U = np.linalg.eigh(s1)
+    root1 = (U * np.sqrt(np.clip(w, 0, None))) @ U.T           # s1^1/2, (D, D)
+    m = root1 @ s2 @ root1
+    ev = np.linalg.eigvalsh((m + m.T) / 2)                      # symmetrise away roundoff
+    tr_sqrt = np.sum(np.sqrt(np.clip(ev, 0, None)))
+    d2 = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt
+    return float(max(d2, 0.0))
+
+
+def fid_from_features(f1, f2, allow_singular=False):
+    """FID between two feature sets (N1, D) and (N2, D): fit a Gaussian to each (mean,
+    covariance with the N-1 divisor) and take frechet_distance.
+
+    A covariance from N samples has rank <= N - 1, so with N <= D it is singular and the
+    figure says more about the sample count than about the images (FID is biased upwards at
+    any finite N, badly so here). That raises ValueError unless allow_singular=True, which
+    computes it anyway with a warning (small smoke runs, tests). KID has no such limit.
+    """
+    f1, f2 = _features64(f1, "fid f1"), _features64(f2, "fid f2")
+    if f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"FID: feature sizes differ ({f1.shape[1]} vs {f2.shape[1]})")
+    n, d = min(len(f1), len(f2)), f1.shape[1]
+    if n < 2:
+        raise ValueError(f"FID needs at least 2 samples per set, got {len(f1)} and {len(f2)}")
+    if n <= d:
+        msg = (f"FID needs more samples than feature dimensions for a full-rank covariance: "
+               f"got {len(f1)} and {len(f2)} samples of {d}-d features; use more than {d} "
+               f"samples (or KID, which is unbiased at any sample count)")
+        if not allow_singular:
+            raise ValueError(msg)
+        warnings.warn(msg + "; computing it anyway (allow_singular=True)")
+    return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False),
+                            f2.mean(0), np.cov(f2, rowvar=False))
+
+
+def kid(f1, f2, subset_size=KID_SUBSET_SIZE, n_subsets=KID_SUBSETS, seed=0):
+    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 between the two
+    feature sets with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3, computed on
+    n_subsets random subsets of m = min(subset_size, N1, N2) samples from each set (drawn
+    without replacement, seeded). Returns (mean, std) over the subsets.
+
+    Unbiased estimator per subset (the diagonal k(x, x) left out of the within-set terms):
+        MMD^2 = sum_{i!=j} k(x_i, x_j) / (m(m-1)) + sum_{i!=j} k(y_i, y_j) / (m(m-1))
+                - 2 sum_{i,j} k(x_i, y_j) / m^2
+    It can be slightly negative when the two distributions are equal; that is expected.
+    When both sets are no larger than subset_size, every subset is the whole of both sets, so
+    the std is 0: then it says nothing about the uncertainty.
+    """
+    f1, f2 = _features64(f1, "kid f1"), _features64(f2, "kid f2")
+    if f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"KID: feature sizes differ ({f1.shape[1]} vs {f2.shape[1]})")
+    n1, n2, d = len(f1), len(f2), f1.shape[1]
+    m = min(subset_size, n1, n2)
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {n1} and {n2}")
+    kernel = lambda a, b: (a @ b.T / d + 1.0) ** 3
+    # When the full kernel matrices are small (e.g. 2,000 vs 2,000: 12M entries, 100 MB),
+    # compute them once and index subsets into them: 100 subsets would otherwise redo the
+    # same dot products ~30 times over. Larger sets: per-subset products.
+    full = n1 * n1 + n2 * n2 + n1 * n2 <= 25_000_000
+    if full:
+        kxx_all, kyy_all, kxy_all = kernel(f1, f1), kernel(f2, f2), kernel(f1, f2)
+    rng = np.random.default_rng(seed)
+    vals = np.empty(n_subsets)
+    for s in range(n_subsets):
+        i = rng.choice(n1, m, replace=False)
+        j = rng.choice(n2, m, replace=False)
+        if full:
+            kxx, kyy, kxy = kxx_all[np.ix_(i, i)], kyy_all[np.ix_(j, j)], kxy_all[np.ix_(i, j)]
+        else:
+            x, y = f1[i], f2[j]
+            kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
+        vals[s] = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+                   + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                   - 2.0 * kxy.mean())
+    return float(vals.mean()), float(vals.std())
+
+
+def _sq_dists(a, b):
+    """(len(a), len(b)) squared Euclidean distances, |a|^2 + |b|^2 - 2 a.b, clipped at 0."""
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d2, 0.0)
+
+
+def _knn_radii(f, k, batch=PR_BATCH):
+    """Squared distance from each row of f to its k-th nearest OTHER row, in row batches so
+    only a (batch, N) block is held (1024 x 10,000 float64 = 80 MB)."""
+    out = np.empty(len(f))
+    for i in range(0, len(f), batch):
+        d2 = _sq_dists(f[i:i + batch], f)
+        # the row's own point is at distance 0 and sorts first, so index k is the k-th neighbour
+        out[i:i + batch] = np.partition(d2, k, axis=1)[:, k]
+    return out
+
+
+def precision_recall(real_f, fake_f, k=PR_K, batch=PR_BATCH):
+    """Improved precision and recall (Kynkaanniemi et al. 2019).
+
+    The real manifold is the union of balls around each real feature, with radius the
+    distance to its k-th nearest real neighbour; the fake manifold likewise.
+        precision = share of fake samples inside the real manifold (are samples realistic?)
+        recall    = share of real samples inside the fake manifold (is the variety covered?)
+    Distances are Euclidean in feature space, computed in batches. Returns (precision, recall).
+    """
+    real, fake = _features64(real_f, "real features"), _features64(fake_f, "fake features")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"precision/recall: feature sizes differ ({real.shape[1]} vs {fake.shape[1]})")
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, "
+                         f"got {len(real)} real and {len(fake)} fake")
+    r_real, r_fake = _knn_radii(real, k, batch), _knn_radii(fake, k, batch)
+    fake_in_real = np.zeros(len(fake), dtype=bool)
+    real_in_fake = np.zeros(len(real), dtype=bool)
+    for i in range(0, len(fake), batch):
+        d2 = _sq_dists(fake[i:i + batch], real)                  # (b, N_real)
+        fake_in_real[i:i + batch] = (d2 <= r_real[None, :]).any(axis=1)
+        real_in_fake |= (d2 <= r_fake[i:i + batch, None]).any(axis=0)
+    return float(fake_in_real.mean()), float(real_in_fake.mean())
+
+
+def generative_scores(real_feats, fake_feats, seed=0, allow_singular_fid=False):
+    """All sample-quality figures for one set of generated images, as a dict:
+    fid (None when either set has <= D samples, with the reason in fid_note, unless
+    allow_singular_fid), kid_mean, kid_std, precision, recall, n_real, n_fake, seconds."""
+    t0 = time.time()
+    real, fake = _features64(real_feats, "real features"), _features64(fake_feats, "fake features")
+    out = dict(fid=None, fid_note=None)
+    n, d = min(len(real), len(fake)), real.shape[1]
+    if n > d or allow_singular_fid:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")           # the note below says it instead
+            out["fid"] = fid_from_features(real, fake, allow_singular=True)
+        if n <= d:
+            out["fid_note"] = f"biased: {n} samples <= {d} feature dims (singular covariance)"
+    else:
+        out["fid_note"] = f"not computed: {n} samples <= {d} feature dims (covariance rank)"
+    out["kid_mean"], out["kid_std"] = kid(real, fake, seed=seed)
+    out["precision"], out["recall"] = precision_recall(real, fake)
+    out.update(n_real=len(real), n_fake=len(fake), seconds=time.time() - t0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Inception-v3 features (TorchScript network file; no download here)
+# ---------------------------------------------------------------------------------------------
+def load_fid_net(path, device="cpu"):
+    """Load the FID Inception-v3 and return its `layers` submodule, which maps (B, 3, 299, 299)
+    float images scaled as (x - 128) / 128 to (B, 2048, 1, 1) pool3 features.
+
+    Two files hold that same network: NVIDIA's inception-2015-12-05.pt (at `.layers`; its own
+    forward resizes with TF-style code, which we bypass) and the file
+    ../shared/tools/get-fid-inception.sh writes (at `.net.layers`). Told apart by attribute.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"FID network {path}: no such file (see ../shared/tools/get-fid-inception.sh)")
+    try:
+        model = torch.jit.load(path, map_location=device)
+    except Exception as e:  # a truncated download, an HTML error page, a non-TorchScript file
+        raise ValueError(f"FID network {path}: not a TorchScript file ({type(e).__name__}: {e})")
+    if hasattr(model, "layers"):
+        net = model.layers
+    elif hasattr(model, "net") and hasattr(model.net, "layers"):
+        net = model.net.layers
+    else:
+        raise ValueError(f"FID network {path}: found neither `.layers` nor `.net.layers`; "
+                         "expected NVIDIA's inception-2015-12-05.pt or get-fid-inception.sh's file")
+    return net.eval()
+
+
+def inception_features(net, images_uint8, device="cpu", batch_size=50, progress=True):
+    """(N, 3, H, W) uint8 images -> (N, 2048) float32 pool3 features.
+
+    Per batch: uint8 -> float32 [0, 255] -> bilinear resize to 299 x 299 (align_corners=False;
+    CIFAR's 32 x 32 is upsampled ~9x) -> (x - 128) / 128 -> net -> flatten. The scaling and size
+    are what the 2015 TF graph was trained with. No gradients. Progress with ETA every ~10 s.
+    """
+    import data  # format_seconds; imported here so metrics.py imports without data.py
+    x_all = torch.as_tensor(images_uint8)
+    if x_all.dtype != torch.uint8 or x_all.dim() != 4 or x_all.shape[1] != 3:
+        raise ValueError(f"inception_features wants uint8 (N, 3, H, W) images, got "
+                         f"{x_all.dtype} {tuple(x_all.shape)}")
+    n = len(x_all)
+    out = np.empty((n, FID_DIM), dtype=np.float32)
+    t0 = last = time.time()
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x = x_all[i:i + batch_size].to(device).float()                     # (B, 3, H, W)
+            x = torch.nn.functional.interpolate(x, size=(FID_SIZE, FID_SIZE), mode="bilinear",
+                                                align_corners=False)            # (B, 3, 299, 299)
+            f = net((x - 128.0) / 128.0)                                        # (B, 2048, 1, 1)
+            out[i:i + len(x)] = f.reshape(len(x), -1).cpu().numpy()
+            done, now = i + len(x), time.time()
+            if progress and (now - last > 10 or done == n):
+                rate = done / (now - t0)
+                print(f"inception: {done}/{n} images  {rate:.1f} img/s  "
+                      f"elapsed {data.format_seconds(now - t0)}  ETA {data.format_seconds((n - done) / rate)}",
+                      file=sys.stderr, flush=True)
+                last = now
+    return out
+
+
+def _images_md5(images_uint8):
+    return hashlib.md5(np.ascontiguousarray(_as_numpy(images_uint8)).tobytes()).hexdigest()
+
+
+def cached_features(net, images_uint8, device, path, batch_size=50, progress=True):
+    """inception_features, cached in `path`. The caller names the file after the set, the
+    sample count and the network file's hash (compare.py: test-<n>-<seed>-<net>-<md5>.npy);
+    the file also stores the md5 of the images' bytes, so a changed data archive or subset
+    is recomputed instead of silently reused. Written atomically (temp file + rename)."""
+    import io
+    import data
+    want = _images_md5(images_uint8)
+    if os.path.isfile(path):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["images_md5"]) == want:
+                    return z["features"]
+            reason = "made from other images"
+        except Exception as e:  # unreadable or old-format cache: recompute, never trust it
+            reason = f"unreadable ({type(e).__name__})"
+        if progress:
+            print(f"cache {path}: {reason}; recomputing", file=sys.stderr)
+    feats = inception_features(net, images_uint8, device, batch_size=batch_size, progress=progress)
+    buf = io.BytesIO()
+    np.savez(buf, features=feats, images_md5=np.array(want))
+    data.atomic_write_bytes(path, buf.getvalue())
+    return feats
+
+
+def file_md5(path, chunk=1 << 22):
+    """md5 of a file's bytes (to name caches after the network file)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: metric sanity checks on real data
+# ---------------------------------------------------------------------------------------------
+def main(argv=None):
+    import data
+    p = argparse.ArgumentParser(description="FID/KID/precision/recall between two real image sets "
+                                "(a floor for what generated images can reach), and the raw-pixel probe.")
+    p.add_argument("--data-dir", default="data", help="folder holding the CIFAR-10 archive")
+    p.add_argument("--no-download", action="store_true", help="never try to download the archive")
+    # sample metrics
+    p.add_argument("--fid-net", default=None, help="TorchScript Inception-v3 file (e.g. data/fid_inception.pt)")
+    p.add_argument("--n", type=int, default=500, help="images per set (multiple of 10; FID needs > 2048)")
+    p.add_argument("--vs", choices=["test", "train"], default="test",
+                   help="test: two disjoint halves of the test set; train: test images vs training images")
+    p.add_argument("--batch-size", type=int, default=50, help="images per Inception forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--allow-singular-fid", action="store_true",
+                   help="compute FID even with n <= 2048 (biased; for smoke runs)")
+    # probe
+    p.add_argument("--probe-pixels", action="store_true",
+                   help="linear probe on raw pixels: stratified training subset -> 10,000 test images")
+    p.add_argument("--subset", type=int, default=10000, help="training images for --probe-pixels (multiple of 10)")
+    p.add_argument("--seed", type=int, default=0, help="subset draws, probe split, KID subsets")
+    args = p.parse_args(argv)
+    if not args.fid_net and not args.probe_pixels:
+        p.error("nothing to do: pass --fid-net PATH and/or --probe-pixels")
+    max_n = 5000 if args.vs == "test" else 10000
+    if not (10 <= args.n <= max_n and args.n % 10 == 0):
+        p.error(f"--n must be a multiple of 10 between 10 and {max_n} with --vs {args.vs}, not {args.n}")
+    if not (10 <= args.subset <= 50000 and args.subset % 10 == 0):
+        p.error(f"--subset must be a multiple of 10 between 10 and 50000, not {args.subset}")
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    if args.fid_net and not os.path.isfile(args.fid_net):
+        p.error(f"--fid-net {args.fid_net}: no such file (../shared/tools/get-fid-inception.sh writes one)")
+    device = data.pick_device(args.device)
+    print("config:", dict(vars(args), device=str(device)))
+    test_x, test_y = data.load_cifar10(args.data_dir, train=False, download=not args.no_download)
+
+    if args.probe_pixels:
+        train_x, train_y = data.load_cifar10(args.data_dir, train=True, download=not args.no_download)
+        idx = data.stratified_indices(train_y, args.subset, seed=42)  # the study's subset draw
+        r = linear_probe(pixel_features(train_x[idx]), train_y[idx], pixel_features(test_x), test_y,
+                         seed=args.seed, verbose=True)
+        print(f"pixel probe: {r['n_train']} train -> {r['n_test']} test images, {r['dim']}-d: "
+              f"test acc {100 * r['acc']:.2f}%  (train {100 * r['train_acc']:.2f}%, l2 {r['l2']:g}, "
+              f"{r['iters']} iters, {r['seconds']:.1f} s)")
+
+    if args.fid_net:
+        net = load_fid_net(args.fid_net, device)
+        tag = f"{os.path.basename(args.fid_net)}-{file_md5(args.fid_net)[:8]}"
+        a = data.stratified_indices(test_y, args.n, seed=args.seed)
+        set_a = test_x[a]
+        if args.vs == "test":      # a second, disjoint stratified draw from the rest of the test set
+            rest = np.setdiff1d(np.arange(len(test_y)), a.numpy())
+            set_b = test_x[rest[data.stratified_indices(test_y[rest], args.n, seed=args.seed + 1).numpy()]]
+            name_b = "test-b"
+        else:
+            train_x, train_y = data.load_cifar10(args.data_dir, train=True, download=not args.no_download)
+            set_b = train_x[data.stratified_indices(train_y, args.n, seed=args.seed)]
+            name_b = "train"
+        cache = os.path.join(args.data_dir, "fid_cache")
+        fa = cached_features(net, set_a, device, os.path.join(cache, f"test-{args.n}-{args.seed}-{tag}.npy"),
+                             batch_size=args.batch_size)
+        fb = cached_features(net, set_b, device, os.path.join(cache, f"{name_b}-{args.n}-{args.seed}-{tag}.npy"),
+                             batch_size=args.batch_size)
+        sc = generative_scores(fa, fb, seed=args.seed, allow_singular_fid=args.allow_singular_fid)
+        fid = "n/a" if sc["fid"] is None else f"{sc['fid']:.2f}"
+        print(f"test vs {name_b}, {args.n} images each ({tag}): FID {fid}"
+              + (f" ({sc['fid_note']})" if sc["fid_note"] else "")
+              + f"  KID {1000 * sc['kid_mean']:.2f} +- {1000 * sc['kid_std']:.2f} (x1000)"
+              f"  precision {sc['precision']:.3f}  recall {sc['recall']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    import data
+    data.cli_main(main)
