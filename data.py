@@ -122,6 +122,14 @@ def format_seconds(s):
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag raises ValueError, which cli_main prints as one line (exit 2)
+    instead of argparse's usage block."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
 def cli_main(main_fn):
     """Run a script's main(); turn expected failures into one line on stderr and exit status 2."""
     try:
@@ -559,7 +567,9 @@ def draw_chart(series, title="", xlabel="", ylabel="", log_y=False, width=480, h
         (lx, ly), color = legend_at[i], PALETTE[i % len(PALETTE)]
         canvas[ly + 2 * S: ly + 5 * S, lx: lx + 10 * S] = color
         draw_text(canvas, lx + 13 * S, ly, name, dark, S)
-    draw_text(canvas, left, 3 * S, title + ("  (log scale)" if log_y else ""), (0, 0, 0), S)
+    title += "  (log scale)" if log_y else ""
+    ts = S if left + 6 * S * len(title) <= width else 1  # a long title drops to the small font
+    draw_text(canvas, left if ts == S else 2, 3 * S, title, (0, 0, 0), ts)
     draw_text(canvas, left + pw - 6 * S * len(xlabel), height - 9 * S, xlabel, dark, S)
     draw_text(canvas, 2, height - 9 * S, ylabel, dark, S)
     return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
@@ -640,7 +650,7 @@ def make_fake_cifar(root, n_train_per_batch=20, n_test=20, fmt="python", seed=0)
 # CLI: check the dataset and look at it
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Check the CIFAR-10 data: per-class counts, md5, and a "
+    p = OneLineParser(description="Check the CIFAR-10 data: per-class counts, md5, and a "
                                 "grid of examples written to runs/data_examples.png.")
     p.add_argument("--data-dir", default="data", help="folder holding cifar-10-python.tar.gz, "
                    "cifar-10-binary.tar.gz or the folders they unpack to (default: data)")

@@ -11,20 +11,30 @@ The one test that needs the real archive (data/cifar-10-python.tar.gz) is skippe
 """
 import contextlib
 import io
+import json
+import math
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 import unittest
+import warnings
 import zlib
+from unittest import mock
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+import compare
 import data
+import dcgan
+import metrics
+import vae
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,6 +79,31 @@ def decode_ppm(raw):
     magic, w, h, maxval, rest = raw.split(maxsplit=4)
     assert magic == b"P6" and maxval == b"255"
     return np.frombuffer(rest, np.uint8).reshape(int(h), int(w), 3)
+
+
+def cli_exit(main_fn, argv):
+    """Run a script's main(argv) under data.cli_main, as its command line does:
+    returns (exit status, what it printed on stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            data.cli_main(lambda: main_fn(argv))
+        except SystemExit as e:
+            return e.code, err.getvalue()
+    return 0, err.getvalue()
+
+
+class OneThread(unittest.TestCase):
+    """Tiny tensors run as fast on one thread, and a second thread that must wait for a busy core
+    (idle OpenMP threads spin) can make them 10x slower. Restored after each class."""
+    @classmethod
+    def setUpClass(cls):
+        cls._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    @classmethod
+    def tearDownClass(cls):
+        torch.set_num_threads(cls._threads)
 
 
 class TestData(unittest.TestCase):
@@ -299,6 +334,820 @@ class TestData(unittest.TestCase):
         self.assertEqual(torch.bincount(y).tolist(), [5000] * 10)
         self.assertEqual(torch.bincount(y2).tolist(), [1000] * 10)
         data._decoded.clear()  # free the 180 MB
+
+
+# ==============================================================================================
+# metrics.py
+# ==============================================================================================
+def _metrics_blobs(n_per_class, dim, n_classes, sep, seed):
+    """Gaussian blobs: class c centred at sep * e_c (unit noise). Returns (X float32, y int64)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    centres = np.zeros((n_classes, dim))
+    centres[np.arange(n_classes), np.arange(n_classes)] = sep
+    return (centres[y] + rng.standard_normal((len(y), dim))).astype(np.float32), y
+
+
+def _metrics_random_spd(d, rng):
+    a = rng.standard_normal((d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+class TestProbe(unittest.TestCase):
+    def test_loss_and_gradient_match_torch(self):
+        # Reference: torch cross_entropy (mean over rows) + (l2/2)||W||^2, autograd, float64.
+        rng = np.random.default_rng(0)
+        n, d, c, l2 = 40, 6, 4, 0.3
+        X, y = rng.standard_normal((n, d)), rng.integers(0, c, n)
+        theta = rng.standard_normal(d * c + c)
+        f, g = metrics._softmax_loss_grad(theta, X, y, l2, c)
+        th = torch.tensor(theta, requires_grad=True)
+        W, b = th[: d * c].reshape(d, c), th[d * c:]
+        ref = (torch.nn.functional.cross_entropy(torch.tensor(X) @ W + b, torch.tensor(y), reduction="mean")
+               + 0.5 * l2 * (W ** 2).sum())
+        ref.backward()
+        self.assertAlmostEqual(f, ref.item(), places=12)
+        np.testing.assert_allclose(g, th.grad.numpy(), atol=1e-12)
+
+    def test_lbfgs_reaches_hand_solved_optimum(self):
+        # 1-D, two classes, x = -1 (class 0) and +1 (class 1). By symmetry the biases are equal
+        # and w1 = -w0 = u/2, so the loss is log(1 + e^-u) + l2 u^2 / 4, minimised where
+        # l2 u / 2 = 1 / (1 + e^u). Solve that by bisection and compare with L-BFGS.
+        l2 = 1.0
+        X, y = np.array([[-1.0], [1.0]]), np.array([0, 1])
+        lo, hi = 0.0, 10.0
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if l2 * mid / 2 < 1 / (1 + np.exp(mid)) else (lo, mid)
+        fun = lambda th: metrics._softmax_loss_grad(th, X, y, l2, 2)
+        theta, _, _, converged = metrics._lbfgs(fun, np.zeros(4), tol=1e-10, max_iter=200)
+        self.assertTrue(converged)
+        self.assertAlmostEqual(theta[1] - theta[0], lo, places=8)   # u = w1 - w0
+        self.assertAlmostEqual(theta[2], theta[3], places=8)         # equal biases
+
+    def test_probe_one_dimensional_by_hand(self):
+        # Training classes at x in {-2, -1} and {1, 2}: symmetric, so the boundary is x = 0.
+        # Test points -3, -0.5 -> 0 and 0.5, 3 -> 1 are right; x = -1 labelled 1 must be wrong.
+        train_x = np.array([[-2.0], [-1.0], [1.0], [2.0]] * 5)
+        train_y = np.array([0, 0, 1, 1] * 5)
+        test_x = np.array([[-3.0], [-0.5], [0.5], [3.0], [-1.0]])
+        test_y = np.array([0, 0, 1, 1, 1])
+        r = metrics.linear_probe(train_x, train_y, test_x, test_y, seed=0)
+        self.assertAlmostEqual(r["acc"], 0.8)
+        self.assertEqual(r["train_acc"], 1.0)
+        self.assertEqual((r["dim"], r["n_train"], r["n_test"]), (1, 20, 5))
+
+    def test_probe_separable_blobs(self):
+        x, y = _metrics_blobs(60, 20, 5, sep=8.0, seed=1)
+        xt, yt = _metrics_blobs(40, 20, 5, sep=8.0, seed=2)
+        r = metrics.linear_probe(torch.from_numpy(x), torch.from_numpy(y), xt, yt, seed=0)
+        self.assertGreaterEqual(r["acc"], 0.99)
+        self.assertTrue(r["converged"])
+        self.assertIn(r["l2"], metrics.PROBE_L2_GRID)
+
+    def test_probe_labels_constant_features_and_high_dim(self):
+        # Arbitrary label values, a constant feature (std 0), and D above PROBE_EXACT_EIG_DIM so
+        # the randomised eigenvector path builds the preconditioner. The preconditioner only
+        # changes the optimiser's path, so the exact-eigh path must find the same answer.
+        rng = np.random.default_rng(3)
+        d = metrics.PROBE_EXACT_EIG_DIM + 76
+        centres = rng.standard_normal((3, d)) * 0.3          # class signal spread over all dims
+        y, yt = np.repeat(np.arange(3), 40), np.repeat(np.arange(3), 20)
+        x = centres[y] + rng.standard_normal((len(y), d))
+        xt = centres[yt] + rng.standard_normal((len(yt), d))
+        x[:, -1] = xt[:, -1] = 5.0
+        r = metrics.linear_probe(x, y * 10 + 7, xt, yt * 10 + 7, seed=0)
+        self.assertGreaterEqual(r["acc"], 0.95)
+        saved = metrics.PROBE_EXACT_EIG_DIM
+        try:
+            metrics.PROBE_EXACT_EIG_DIM = d
+            r_exact = metrics.linear_probe(x, y * 10 + 7, xt, yt * 10 + 7, seed=0)
+        finally:
+            metrics.PROBE_EXACT_EIG_DIM = saved
+        self.assertEqual((r["acc"], r["l2"], r["train_acc"]), (r_exact["acc"], r_exact["l2"], r_exact["train_acc"]))
+
+    def test_probe_rejects_mismatched_inputs(self):
+        with self.assertRaises(ValueError):
+            metrics.linear_probe(np.zeros((10, 3)), np.zeros(9), np.zeros((4, 3)), np.zeros(4))
+        with self.assertRaises(ValueError):
+            metrics.linear_probe(np.zeros((10, 3)), np.arange(10) % 2, np.zeros((4, 2)), np.zeros(4))
+
+    def test_pixel_features(self):
+        imgs = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)
+        f = metrics.pixel_features(imgs)
+        self.assertEqual(f.shape, (2, 3072))
+        self.assertEqual(f.max(), 1.0)
+
+
+class TestFrechet(unittest.TestCase):
+    def test_identical_sets_give_zero(self):
+        f = np.random.default_rng(0).standard_normal((300, 8))
+        self.assertAlmostEqual(metrics.fid_from_features(f, f), 0.0, places=9)
+
+    def test_equal_covariances_give_squared_mean_distance(self):
+        rng = np.random.default_rng(1)
+        s = _metrics_random_spd(6, rng)
+        mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
+        self.assertAlmostEqual(metrics.frechet_distance(mu1, s, mu2, s), np.sum((mu1 - mu2) ** 2), places=9)
+
+    def test_diagonal_covariances_closed_form(self):
+        rng = np.random.default_rng(2)
+        a, b = rng.uniform(0.1, 3, 7), rng.uniform(0.1, 3, 7)
+        mu1, mu2 = rng.standard_normal(7), rng.standard_normal(7)
+        want = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2) + np.sum((mu1 - mu2) ** 2)
+        self.assertAlmostEqual(metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)), want, places=9)
+
+    def test_general_case_matches_eigenvalues_of_product(self):
+        # Independent route: Tr sqrt(S1 S2) = sum sqrt(eigenvalues of S1 S2) (they are real, >= 0).
+        rng = np.random.default_rng(3)
+        s1, s2 = _metrics_random_spd(5, rng), _metrics_random_spd(5, rng)
+        mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
+        tr = np.sum(np.sqrt(np.linalg.eigvals(s1 @ s2).real))
+        want = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr
+        self.assertAlmostEqual(metrics.frechet_distance(mu1, s1, mu2, s2), want, places=9)
+
+    def test_too_few_samples_is_a_clear_error(self):
+        f = np.random.default_rng(4).standard_normal((16, 16))  # n <= dim: singular covariance
+        with self.assertRaisesRegex(ValueError, "more samples than feature dimensions"):
+            metrics.fid_from_features(f, f + 1)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            value = metrics.fid_from_features(f, f + 1, allow_singular=True)
+        self.assertTrue(w)
+        self.assertAlmostEqual(value, 16.0, places=8)  # same covariance, means 1 apart in 16 dims
+
+
+class TestKidPrecisionRecall(unittest.TestCase):
+    def test_kid_same_distribution_near_zero_shifted_positive(self):
+        rng = np.random.default_rng(5)
+        a, b = rng.standard_normal((400, 16)), rng.standard_normal((400, 16))
+        same, same_std = metrics.kid(a, b, subset_size=200, n_subsets=20, seed=0)
+        shifted, shifted_std = metrics.kid(a, b + 0.5, subset_size=200, n_subsets=20, seed=0)
+        self.assertLess(abs(same), 0.01)
+        self.assertGreater(shifted, 10 * abs(same) + 5 * shifted_std)
+        # subsets are capped at the smaller set; the per-subset path gives the same as the full one
+        small = metrics.kid(a[:50], b[:70] + 0.5, subset_size=1000, n_subsets=3, seed=1)
+        self.assertGreater(small[0], 0)
+
+    def test_precision_recall_identical_far_and_batched(self):
+        rng = np.random.default_rng(6)
+        real = rng.standard_normal((120, 8))
+        self.assertEqual(metrics.precision_recall(real, real.copy(), k=3), (1.0, 1.0))
+        self.assertEqual(metrics.precision_recall(real, real + 100.0, k=3), (0.0, 0.0))
+        # Brute force on the full distance matrix, against the batched version (batch 7).
+        fake = rng.standard_normal((90, 8)) * 0.7 + 0.5   # narrower and shifted: both below 1
+        d_rr = np.linalg.norm(real[:, None] - real[None], axis=2)
+        d_ff = np.linalg.norm(fake[:, None] - fake[None], axis=2)
+        d_fr = np.linalg.norm(fake[:, None] - real[None], axis=2)
+        r_real, r_fake = np.sort(d_rr, 1)[:, 3], np.sort(d_ff, 1)[:, 3]
+        want_p = np.mean((d_fr <= r_real[None]).any(1))
+        want_r = np.mean((d_fr.T <= r_fake[None]).any(1))
+        p, r = metrics.precision_recall(real, fake, k=3, batch=7)
+        self.assertAlmostEqual(p, want_p)
+        self.assertAlmostEqual(r, want_r)
+        self.assertTrue(0 < p < 1 and 0 < r < 1)
+
+    def test_generative_scores_small_sets_skip_fid(self):
+        rng = np.random.default_rng(7)
+        sc = metrics.generative_scores(rng.standard_normal((40, 64)), rng.standard_normal((40, 64)))
+        self.assertIsNone(sc["fid"])
+        self.assertIn("not computed", sc["fid_note"])
+        for key in ("kid_mean", "kid_std", "precision", "recall"):
+            self.assertTrue(np.isfinite(sc[key]))
+        sc = metrics.generative_scores(rng.standard_normal((80, 8)), rng.standard_normal((80, 8)))
+        self.assertGreaterEqual(sc["fid"], 0.0)
+        self.assertEqual((sc["n_real"], sc["n_fake"]), (80, 80))
+
+
+class _MetricsTinyLayers(torch.nn.Module):
+    """Stands in for Inception's `layers`: (B, 3, 299, 299) -> (B, 2048, 1, 1), like pool3."""
+    def __init__(self):
+        super().__init__()
+        self.pool = torch.nn.AdaptiveAvgPool2d(4)
+        self.fc = torch.nn.Linear(3 * 4 * 4, 2048)
+
+    def forward(self, x):
+        assert x.shape[2] == 299 and x.shape[3] == 299
+        return torch.relu(self.fc(self.pool(x).flatten(1)))[:, :, None, None]
+
+
+class _MetricsAtLayers(torch.nn.Module):      # NVIDIA's layout: network at .layers
+    def __init__(self):
+        super().__init__()
+        self.layers = _MetricsTinyLayers()
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class _MetricsAtNetLayers(torch.nn.Module):   # get-fid-inception.sh's layout: .net.layers
+    def __init__(self):
+        super().__init__()
+        self.net = _MetricsAtLayers()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TestInceptionPath(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        torch.manual_seed(0)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def _save(self, module, name):
+        path = os.path.join(self.tmp.name, name)
+        torch.jit.script(module).save(path)
+        return path
+
+    def test_both_layouts_preprocessing_and_cache(self):
+        wrapper = _MetricsAtNetLayers()
+        paths = [self._save(wrapper.net, "nvidia.pt"), self._save(wrapper, "helper.pt")]
+        imgs = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+        # What the features must be: bilinear resize to 299, (x - 128) / 128, the network.
+        x = torch.nn.functional.interpolate(imgs.float(), size=(299, 299), mode="bilinear",
+                                            align_corners=False)
+        with torch.no_grad():
+            want = wrapper.net.layers((x - 128) / 128).reshape(7, 2048).numpy()
+        for path in paths:
+            net = metrics.load_fid_net(path, "cpu")
+            f = metrics.inception_features(net, imgs, "cpu", batch_size=3, progress=False)
+            self.assertEqual((f.shape, f.dtype), ((7, 2048), np.float32))
+            np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-5)
+        # Cache: the second call reads the file (a broken net would fail if it were run) ...
+        cache = os.path.join(self.tmp.name, "cache", "test-7.npy")
+        f1 = metrics.cached_features(net, imgs, "cpu", cache, progress=False)
+        f2 = metrics.cached_features(None, imgs, "cpu", cache, progress=False)
+        np.testing.assert_array_equal(f1, f2)
+        # ... and other images under the same name are recomputed, not silently reused.
+        f3 = metrics.cached_features(net, imgs.flip(0), "cpu", cache, progress=False)
+        np.testing.assert_allclose(f3, want[::-1], rtol=1e-5, atol=1e-5)
+
+    def test_bad_network_files(self):
+        with self.assertRaisesRegex(ValueError, "no such file"):
+            metrics.load_fid_net(os.path.join(self.tmp.name, "missing.pt"))
+        junk = os.path.join(self.tmp.name, "junk.pt")
+        with open(junk, "wb") as f:
+            f.write(b"<html>not a network</html>")
+        with self.assertRaisesRegex(ValueError, "not a TorchScript file"):
+            metrics.load_fid_net(junk)
+        with self.assertRaisesRegex(ValueError, "layers"):
+            metrics.load_fid_net(self._save(_MetricsTinyLayers(), "bare.pt"))
+        net = metrics.load_fid_net(self._save(_MetricsAtLayers(), "ok.pt"))
+        with self.assertRaises(ValueError):
+            metrics.inception_features(net, torch.zeros(2, 3, 32, 32), "cpu", progress=False)  # float
+
+
+if __name__ == "__main__":
+    unittest.main()
+
+
+# ==============================================================================================
+# vae.py
+# ==============================================================================================
+_VAE_TINY = ["--subset", "20", "--batch-size", "8", "--no-download"]   # 3 steps per epoch
+
+
+def _vae_run(root, out, *extra, probe=False):
+    """vae.main on the synthetic archive in root, output quiet; returns metrics.json's dict."""
+    argv = _VAE_TINY + ["--data-dir", os.path.join(root, "data"), "--out", os.path.join(root, out), *extra]
+    if not probe:
+        argv.append("--no-probe")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return vae.main(argv)
+
+
+def _vae_load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class TestVAELoss(unittest.TestCase):
+    def test_kl_matches_torch_distributions_float64(self):
+        g = torch.Generator().manual_seed(0)
+        mu = torch.randn(5, 64, generator=g, dtype=torch.float64) * 2
+        logvar = torch.randn(5, 64, generator=g, dtype=torch.float64)
+        x = torch.rand(5, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
+        _, _, kl = vae.vae_loss(x, x, mu, logvar)
+        q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+        p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+        ref = torch.distributions.kl_divergence(q, p).sum(1).mean()   # summed over dims, batch mean
+        self.assertLess(abs(kl.item() - ref.item()), 1e-10)
+
+    def test_mse_reduction_and_beta(self):
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(4, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
+        x_hat = torch.rand(4, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
+        mu = torch.randn(4, 64, generator=g, dtype=torch.float64)
+        logvar = torch.zeros(4, 64, dtype=torch.float64)
+        loss, mse, kl = vae.vae_loss(x_hat, x, mu, logvar, beta=0.25)
+        self.assertAlmostEqual(mse.item(), F.mse_loss(x_hat, x, reduction="sum").item() / 4, places=9)
+        self.assertAlmostEqual(loss.item(), mse.item() + 0.25 * kl.item(), places=9)
+        # sigma = 1: the KL is 1/2 ||mu||^2 per image
+        self.assertAlmostEqual(kl.item(), 0.5 * mu.pow(2).sum(1).mean().item(), places=9)
+        # MSE is -log N(x; x_hat, I/2) less 1536 ln(pi): the ELBO reading in the docstring
+        nll = -torch.distributions.Normal(x_hat, math.sqrt(0.5)).log_prob(x).sum(dim=(1, 2, 3)).mean()
+        self.assertAlmostEqual(nll.item() - mse.item(), 1536 * math.log(math.pi), places=6)
+
+
+class TestVAESchedule(unittest.TestCase):
+    def test_constant(self):
+        self.assertEqual([vae.beta_at(s, 100, 0.5, "constant") for s in (0, 50, 99)], [0.5] * 3)
+
+    def test_linear_one_ramp_over_first_half(self):
+        got = [vae.beta_at(s, 100, 1.0, "linear") for s in (0, 25, 49, 50, 75, 99)]
+        np.testing.assert_allclose(got, [0.0, 0.5, 0.98, 1.0, 1.0, 1.0])
+
+    def test_cyclical_fu_et_al(self):
+        # 100 steps, 4 cycles of 25: rises over 12.5 steps, holds, restarts at 25, 50, 75
+        got = [vae.beta_at(s, 100, 2.0, "cyclical", 4) for s in (0, 5, 12, 13, 24, 25, 30, 50, 75, 99)]
+        np.testing.assert_allclose(got, [0.0, 0.8, 1.92, 2.0, 2.0, 0.0, 0.8, 0.0, 0.0, 2.0])
+
+
+class TestVAEModel(OneThread):
+    def test_shapes_range_and_params(self):
+        torch.manual_seed(0)
+        m = vae.VAE()
+        x = torch.rand(4, 3, 32, 32) * 2 - 1
+        x_hat, mu, logvar = m(x, torch.randn(4, 64))
+        self.assertEqual(tuple(x_hat.shape), (4, 3, 32, 32))
+        self.assertEqual((tuple(mu.shape), tuple(logvar.shape)), ((4, 64), (4, 64)))
+        self.assertLessEqual(x_hat.abs().max().item(), 1.0)                 # Tanh output
+        self.assertEqual(tuple(m.encoder(x).shape), (4, 2048))               # the conv-probe features
+        self.assertEqual(vae.count_params(m), 726_787)                       # not the study's 1.38M
+        self.assertEqual(vae.count_params(vae.VAE(width=2)), 2_108_803)
+        m.eval()
+        a, mu_a, _ = m(x)   # eps None: z = mu, deterministic
+        b, _, _ = m(x)
+        self.assertTrue(torch.equal(a, b))
+        self.assertTrue(torch.equal(a, m.decode(mu_a)))
+
+    def test_same_seed_same_init(self):
+        cfg = dict(seed=7, width=1.0)
+        a, b = vae.build_model(cfg).state_dict(), vae.build_model(cfg).state_dict()
+        self.assertTrue(all(torch.equal(a[k], b[k]) for k in a))
+
+    def test_overfits_one_batch(self):
+        torch.manual_seed(0)
+        m = vae.VAE()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        x = torch.rand(8, 3, 32, 32) * 2 - 1
+        stats = vae.train_epoch(m, opt, [(x, None)] * 30, [1.0] * 30, torch.Generator().manual_seed(0))
+        self.assertLess(stats[-5:, 0].mean().item(), 0.5 * stats[0, 0].item())
+
+
+class TestVAERun(OneThread):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp(prefix="tests_vae_")
+        data.make_fake_cifar(os.path.join(cls.root, "data"), n_train_per_batch=20, n_test=20)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+        super().tearDownClass()
+
+    def test_tiny_run_writes_every_output(self):
+        m = _vae_run(self.root, "full", "--epochs", "1", probe=True)
+        out = os.path.join(self.root, "full")
+        for f in ("checkpoint.pt", "history.json", "metrics.json", "latents.npz", "reconstructions.png",
+                  "interpolations.png", "samples.png", "curves.png"):
+            self.assertTrue(os.path.getsize(os.path.join(out, f)) > 0, f)
+        for k in ("test_elbo", "test_recon", "test_kl", "probe_acc", "pixel_probe_acc", "random_probe_acc",
+                  "conv_probe_acc", "random_conv_probe_acc", "params", "train_seconds", "total_seconds",
+                  "device", "torch", "seed", "config"):
+            self.assertIn(k, m)
+        self.assertAlmostEqual(m["test_elbo"], m["test_recon"] + m["test_kl"], places=6)
+        self.assertEqual((m["probe_dim"], m["pixel_probe_dim"], m["conv_probe_dim"]), (64, 3072, 2048))
+        with open(os.path.join(out, "metrics.json")) as f:
+            self.assertEqual(json.load(f)["params"], 726_787)
+        with open(os.path.join(out, "history.json")) as f:
+            h = json.load(f)["epochs"]
+        self.assertEqual(len(h), 1)
+        for k in ("epoch", "seconds", "beta", "train_elbo", "train_recon", "train_kl", "test_elbo",
+                  "test_recon", "test_kl"):
+            self.assertIn(k, h[0])
+        z = np.load(os.path.join(out, "latents.npz"))
+        self.assertEqual((z["train_z"].shape, z["train_y"].shape, z["test_z"].shape, z["test_y"].shape),
+                         ((20, 64), (20,), (20, 64), (20,)))
+        with open(os.path.join(out, "samples.png"), "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        ck = _vae_load(os.path.join(out, "checkpoint.pt"))
+        for k in ("model", "optimizer", "config", "epoch", "metrics", "rng"):
+            self.assertIn(k, ck)
+
+    def _assert_same_run(self, a, b):
+        ca = _vae_load(os.path.join(self.root, a, "checkpoint.pt"))
+        cb = _vae_load(os.path.join(self.root, b, "checkpoint.pt"))
+        self.assertEqual(ca["epoch"], cb["epoch"])
+        for k in ca["model"]:
+            self.assertTrue(torch.equal(ca["model"][k], cb["model"][k]), k)
+        sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+        for i in sa:
+            for k in ("exp_avg", "exp_avg_sq"):
+                self.assertTrue(torch.equal(sa[i][k], sb[i][k]))
+        def drop_times(h):   # everything in the history but the wall times
+            return [{k: v for k, v in e.items() if k not in ("seconds", "eval_seconds")} for e in h["epochs"]]
+        self.assertEqual(drop_times(ca["metrics"]), drop_times(cb["metrics"]))
+
+    def test_resume_one_more_epoch_equals_two_straight(self):
+        # with the speed option off (the tests must pass without it); the other runs have it on
+        _vae_run(self.root, "straight", "--epochs", "2", "--no-channels-last")
+        _vae_run(self.root, "resumed", "--epochs", "1", "--no-channels-last")
+        _vae_run(self.root, "resumed", "--epochs", "2", "--resume", "--no-channels-last")
+        self._assert_same_run("straight", "resumed")
+
+    def test_killed_cyclical_run_resumes_exactly(self):
+        cyc = ("--epochs", "2", "--beta-schedule", "cyclical", "--cycles", "3")
+        _vae_run(self.root, "cyc_straight", *cyc)
+        real_save = data.atomic_torch_save
+
+        def save_then_die(obj, path):    # a kill right after the first checkpoint is on disk
+            real_save(obj, path)
+            raise KeyboardInterrupt
+        with mock.patch.object(data, "atomic_torch_save", save_then_die):
+            with self.assertRaises(KeyboardInterrupt):
+                _vae_run(self.root, "cyc_killed", *cyc)
+        self.assertEqual(_vae_load(os.path.join(self.root, "cyc_killed", "checkpoint.pt"))["epoch"], 1)
+        _vae_run(self.root, "cyc_killed", *cyc, "--resume")
+        self._assert_same_run("cyc_straight", "cyc_killed")
+        # a schedule laid out over 2 epochs cannot be resumed as a 3-epoch run
+        code, err = cli_exit(vae.main, _VAE_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
+                                           os.path.join(self.root, "cyc_killed"), "--resume", "--epochs", "3",
+                                           "--beta-schedule", "cyclical", "--cycles", "3", "--no-probe"])
+        self.assertEqual(code, 2)
+        self.assertIn("--epochs", err)
+
+    def test_bad_flags_one_line_exit_2(self):
+        base = ["--data-dir", os.path.join(self.root, "data"), "--no-download"]
+        blocker = os.path.join(self.root, "a_file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        cases = [["--epochs", "0"], ["--subset", "15"], ["--subset", "60000"], ["--beta-schedule", "warm"],
+                 ["--out", os.path.join(blocker, "sub")], ["--epochs", "two"], ["--device", "tpu"],
+                 ["--resume", "--out", os.path.join(self.root, "never_ran")], ["--lr", "-1"],
+                 ["--threads", "-2"]]
+        for extra in cases:
+            code, err = cli_exit(vae.main, base + extra)
+            self.assertEqual(code, 2, extra)
+            self.assertTrue(err.startswith("error: ") and err.count("\n") == 1, (extra, err))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "never_ran", "checkpoint.pt")))
+        # a subset larger than this (synthetic) training set: caught after loading, same one line
+        code, err = cli_exit(vae.main, base + ["--subset", "200", "--out", os.path.join(self.root, "big")])
+        self.assertEqual(code, 2)
+        self.assertIn("larger than", err)
+
+    def test_bench_times_both_loops(self):
+        r = _vae_run(self.root, "bench", "--bench")
+        self.assertEqual(r["steps"], 3)
+        self.assertEqual((len(r["all_seconds"]["ours"]), len(r["all_seconds"]["tutorial"])), (4, 4))
+        self.assertGreater(r["speedup"], 0)
+        self.assertTrue(os.path.exists(os.path.join(self.root, "bench", "bench.json")))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "bench", "checkpoint.pt")))  # it only times
+
+    def test_nan_stops_and_keeps_last_good_checkpoint(self):
+        real_loss, calls = vae.vae_loss, [0]
+
+        def nan_from_epoch_2(x_hat, x, mu, logvar, beta=1.0):
+            loss, mse, kl = real_loss(x_hat, x, mu, logvar, beta)
+            if torch.is_grad_enabled():          # training steps only; 3 steps per epoch here
+                calls[0] += 1
+                if calls[0] > 4:                 # epoch 2, step 2
+                    return loss * float("nan"), mse, kl
+            return loss, mse, kl
+        argv = _VAE_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
+                            os.path.join(self.root, "nan"), "--epochs", "3", "--no-probe"]
+        with mock.patch.object(vae, "vae_loss", nan_from_epoch_2):
+            code, err = cli_exit(vae.main, argv)
+        self.assertEqual(code, 2)
+        self.assertIn("epoch 2, step 2", err)
+        self.assertEqual(err.count("\n"), 1)
+        ck = _vae_load(os.path.join(self.root, "nan", "checkpoint.pt"))
+        self.assertEqual(ck["epoch"], 1)
+        self.assertTrue(all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point()))
+
+
+if __name__ == "__main__":
+    unittest.main()
+
+
+# ==============================================================================================
+# dcgan.py
+# ==============================================================================================
+def _dcgan_cfg(**kw):
+    cfg = dict(seed=42, width=1.0, spectral_norm=False, minibatch_disc=False)
+    cfg.update(kw)
+    return cfg
+
+
+def _dcgan_run(argv):
+    """dcgan.main(argv) with its progress lines swallowed."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return dcgan.main(argv)
+
+
+class DcganModelTest(OneThread):
+    def test_shapes_and_parameter_counts(self):
+        G, D, fixed, div = dcgan.build_models(_dcgan_cfg())
+        self.assertEqual(tuple(fixed.shape), (dcgan.N_FIXED, 100))
+        self.assertEqual(tuple(div.shape), (dcgan.N_DIVERSITY, 100))
+        x = G(fixed[:4])
+        self.assertEqual(tuple(x.shape), (4, 3, 32, 32))
+        self.assertLessEqual(x.abs().max().item(), 1.0)          # Tanh output, the data's range
+        self.assertEqual(tuple(D(x).shape), (4,))
+        self.assertEqual(tuple(D.features(x).shape), (4, 7168))  # 16 * (64 + 128 + 256)
+        # The study's layer lists give these (the slides claim 1.24M / 2.76M).
+        self.assertEqual(dcgan.count_params(G), 601_731)
+        self.assertEqual(dcgan.count_params(D), 663_361)
+        G2, D2, _, _ = dcgan.build_models(_dcgan_cfg(width=0.5, minibatch_disc=True, spectral_norm=True))
+        self.assertEqual(tuple(G2(fixed[:2]).shape), (2, 3, 32, 32))
+        self.assertEqual(D2.features(G2(fixed[:2])).shape[1], 16 * (32 + 64 + 128))
+
+    def test_init_statistics(self):
+        G, D, _, _ = dcgan.build_models(_dcgan_cfg())
+        for model in (G, D):
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                    w = m.weight.detach()
+                    if w.numel() >= 3000:  # enough samples for a tight std estimate
+                        self.assertAlmostEqual(w.std().item(), 0.02, delta=0.002)
+                        self.assertAlmostEqual(w.mean().item(), 0.0, delta=0.002)
+                    if m.bias is not None:
+                        self.assertEqual(m.bias.abs().max().item(), 0.0)
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    self.assertAlmostEqual(m.weight.mean().item(), 1.0, delta=0.01)
+                    self.assertLess(m.weight.std().item(), 0.04)
+                    self.assertEqual(m.bias.abs().max().item(), 0.0)
+
+    def test_same_seed_same_models(self):
+        a, b = dcgan.build_models(_dcgan_cfg()), dcgan.build_models(_dcgan_cfg())
+        for k, v in a[1].state_dict().items():
+            self.assertTrue(torch.equal(v, b[1].state_dict()[k]), k)
+        self.assertTrue(torch.equal(a[2], b[2]))
+
+    def test_spectral_norm_bounds_top_singular_value(self):
+        _, D, _, _ = dcgan.build_models(_dcgan_cfg(spectral_norm=True))
+        self.assertIsInstance(D.bn2, torch.nn.Identity)  # BN dropped with SN (see Discriminator)
+        with torch.no_grad():  # make the raw weights far from norm 1
+            D.conv2.parametrizations.weight.original.mul_(10.0)
+            raw = D.conv2.parametrizations.weight.original.reshape(128, -1).double()
+            self.assertGreater(torch.linalg.eigvalsh(raw @ raw.T).max().sqrt().item(), 5.0)
+        D.train()
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            for _ in range(5):   # each training-mode forward runs one more power iteration
+                D(x)
+        for layer in (D.conv1, D.conv2, D.conv3, D.fc):
+            w = layer.weight.detach().double()
+            w = w.reshape(w.shape[0], -1)                      # (out, in*4*4), as SN sees it
+            sigma = torch.linalg.eigvalsh(w @ w.T).max().sqrt().item()   # exact top singular value
+            self.assertAlmostEqual(sigma, 1.0, delta=0.02)
+
+    def test_minibatch_discrimination_matches_loop_and_sees_the_batch(self):
+        torch.manual_seed(0)
+        layer = dcgan.MinibatchDiscrimination(6, kernels=4, kernel_dim=3).double()
+        with torch.no_grad():
+            layer.T.normal_(0.0, 0.3)  # larger than the 0.02 init so that exp(-L1) is far from 0
+        f = torch.randn(5, 6, dtype=torch.float64)
+        out = layer(f)
+        self.assertEqual(tuple(out.shape), (5, 6 + 4))
+        # Reference: Salimans et al. 2016 eq. in sec. 3.2, written as loops (minus the j = i term)
+        m = (f @ layer.T).view(5, 4, 3)
+        for i in range(5):
+            for k in range(4):
+                o = sum(torch.exp(-(m[i, k] - m[j, k]).abs().sum()) for j in range(5) if j != i)
+                self.assertAlmostEqual(out[i, 6 + k].item(), o.item(), places=10)
+        # Changing the OTHER batch members changes sample 0's minibatch features, not its own f
+        f2 = f.clone()
+        f2[1:] = torch.randn(4, 6, dtype=torch.float64)
+        out2 = layer(f2)
+        self.assertTrue(torch.equal(out[0, :6], out2[0, :6]))
+        self.assertGreater((out[0, 6:] - out2[0, 6:]).abs().max().item(), 1e-3)
+        self.assertEqual(layer(f[:1])[0, 6:].abs().max().item(), 0.0)  # alone in a batch: o = 0
+
+    def test_ttur_and_explicit_learning_rates(self):
+        cfg = dcgan.parse_args([])
+        self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (2e-4, 2e-4))
+        cfg = dcgan.parse_args(["--ttur"])
+        self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (4e-4, 1e-4))
+        cfg = dcgan.parse_args(["--ttur", "--lr-g", "5e-5"])
+        self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (4e-4, 5e-5))
+        self.assertEqual((cfg["epochs"], cfg["subset"], cfg["batch_size"], cfg["seed"]), (40, 10000, 128, 42))
+
+    def test_losses_at_known_points(self):
+        # Logits 0 (D says 1/2): each BCE term is log 2, so d_loss = 2 log 2 and g_loss = log 2.
+        zero = torch.zeros(7)
+        self.assertAlmostEqual(dcgan.d_loss_fn(zero, zero).item(), 2 * 0.6931471805599453, places=6)
+        self.assertAlmostEqual(dcgan.g_loss_fn(zero).item(), 0.6931471805599453, places=6)
+        big = torch.full((3,), 30.0)  # stable on logits: no log(0) for a confident D
+        self.assertLess(dcgan.d_loss_fn(big, -big).item(), 1e-6)
+
+
+class DcganRunTest(OneThread):
+    """End-to-end runs of dcgan.main on a synthetic archive: 100 training images, 20 test."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="tests_dcgan_")
+        cls.data_dir = os.path.join(cls.tmp, "data")
+        data.make_fake_cifar(cls.data_dir, n_train_per_batch=20, n_test=20)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def argv(self, out, *extra, epochs=2):
+        return ["--data-dir", self.data_dir, "--no-download", "--out", os.path.join(self.tmp, out),
+                "--subset", "100", "--batch-size", "32", "--epochs", str(epochs), "--width", "0.25",
+                "--device", "cpu", *extra]
+
+    def check_outputs(self, out, epochs, probe=True):
+        out = os.path.join(self.tmp, out)
+        for name in ("checkpoint.pt", "history.json", "metrics.json", "samples.png", "progress.png",
+                     "interpolations.png", "curves.png"):
+            path = os.path.join(out, name)
+            self.assertTrue(os.path.getsize(path) > 0, name)
+            if name.endswith(".png"):
+                with open(path, "rb") as f:
+                    self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n", name)
+        with open(os.path.join(out, "history.json")) as f:
+            hist = json.load(f)
+        self.assertEqual([e["epoch"] for e in hist["epochs"]], list(range(1, epochs + 1)))
+        self.assertEqual(len(hist["steps"]), epochs * 3)           # 100 images // 32 = 3 steps
+        for key in ("seconds", "d_loss", "g_loss", "d_x", "d_g_z", "diversity"):
+            self.assertIn(key, hist["epochs"][-1])
+        with open(os.path.join(out, "metrics.json")) as f:
+            m = json.load(f)
+        for key in ("d_loss", "g_loss", "g_d_ratio", "params_g", "params_d", "probe_acc", "random_probe_acc",
+                    "diversity", "memorisation_ratio", "train_seconds", "device", "torch", "seed", "config"):
+            self.assertIn(key, m)
+        self.assertGreater(m["diversity"], 0.0)
+        if probe:
+            self.assertTrue(0.0 <= m["probe_acc"] <= 1.0 and 0.0 <= m["random_probe_acc"] <= 1.0)
+        return m
+
+    def test_plain_run_writes_every_output(self):
+        m = _dcgan_run(self.argv("plain", "--no-channels-last"))   # every speed option off
+        self.assertEqual(m, self.check_outputs("plain", 2))
+        self.assertEqual(m["probe_dim"], 16 * (16 + 32 + 64))
+
+    def test_all_stabilisers_run(self):
+        _dcgan_run(self.argv("stab", "--spectral-norm", "--ttur", "--minibatch-disc", "--no-probe",
+                             "--log-every", "1"))
+        m = self.check_outputs("stab", 2, probe=False)
+        self.assertIsNone(m["probe_acc"])
+        ckpt = torch.load(os.path.join(self.tmp, "stab", "checkpoint.pt"), weights_only=False)
+        self.assertEqual(ckpt["opt_d"]["param_groups"][0]["lr"], 4e-4)   # TTUR reached the optimisers
+        self.assertEqual(ckpt["opt_g"]["param_groups"][0]["lr"], 1e-4)
+        self.assertTrue(any("parametrizations" in k for k in ckpt["D"]))  # spectral norm is on
+        self.assertIn("mbd.T", ckpt["D"])
+
+    def test_resume_is_exact(self):
+        _dcgan_run(self.argv("straight", "--no-probe"))
+        _dcgan_run(self.argv("split", "--no-probe", epochs=1))
+        _dcgan_run(self.argv("split", "--no-probe", "--resume"))
+        a, b = (torch.load(os.path.join(self.tmp, d, "checkpoint.pt"), weights_only=False)
+                for d in ("straight", "split"))
+        self.assertEqual(b["epoch"], 2)
+        for net in ("G", "D"):
+            for k, v in a[net].items():
+                self.assertTrue(torch.equal(v, b[net][k]), f"{net}.{k}")
+        for k, v in a["opt_d"]["state"][0].items():
+            self.assertTrue(torch.equal(torch.as_tensor(v), torch.as_tensor(b["opt_d"]["state"][0][k])))
+        self.assertEqual(a["history"]["steps"], b["history"]["steps"])
+        self.assertEqual(a["history"]["epochs"][1]["diversity"], b["history"]["epochs"][1]["diversity"])
+
+    def test_non_finite_loss_stops_and_keeps_last_checkpoint(self):
+        real_g_loss, calls = dcgan.g_loss_fn, [0]
+
+        def g_loss_nan_in_epoch_2(logit_fake):  # 3 steps per epoch: call 5 is step 2 of epoch 2
+            calls[0] += 1
+            loss = real_g_loss(logit_fake)
+            return loss * float("nan") if calls[0] == 5 else loss
+
+        with mock.patch.object(dcgan, "g_loss_fn", g_loss_nan_in_epoch_2):
+            code, err = cli_exit(dcgan.main, self.argv("nan", "--no-probe"))
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.strip().splitlines()), 1)
+        self.assertIn("non-finite loss at step 5 (epoch 2)", err)
+        ckpt = torch.load(os.path.join(self.tmp, "nan", "checkpoint.pt"), weights_only=False)
+        self.assertEqual(ckpt["epoch"], 1)                                  # the last good one
+        for v in ckpt["G"].values():
+            self.assertTrue(torch.isfinite(v.float()).all())
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "nan", "metrics.json")))
+
+    def test_seeds_are_reported_as_mean_and_std(self):
+        self.assertEqual(compare.fmt([0.5, 0.7], "{:.1f}", 100), "60.0 +- 14.1")  # sample std
+        self.assertEqual(compare.fmt([0.5], "{:.1f}", 100), "50.0")
+        self.assertEqual(compare.fmt([None, None]), "n/a")
+
+    def test_bad_flags_exit_2_with_one_line(self):
+        bad = [["--epochs", "0"], ["--subset", "15"], ["--batch-size", "1"], ["--width", "0"],
+               ["--lr-d", "-1"], ["--lr-g", "nan"], ["--device", "tpu"], ["--bogus"], ["--epochs", "abc"],
+               ["--log-every", "-2"], ["--batch-size", "200"], ["--seed", "-1"], ["--threads", "-1"]]
+        for extra in bad:
+            code, err = cli_exit(dcgan.main, self.argv("bad", *extra))
+            self.assertEqual(code, 2, extra)
+            self.assertTrue(err.startswith("error: ") and len(err.strip().splitlines()) == 1, (extra, err))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad")))     # no work started
+        code, err = cli_exit(dcgan.main, self.argv("none", "--resume"))
+        self.assertEqual(code, 2)
+        self.assertIn("no checkpoint", err)
+        code, err = cli_exit(dcgan.main, self.argv("big", "--subset", "1000"))  # archive has 100
+        self.assertEqual(code, 2)
+
+    def test_bench_reports_both_loops(self):
+        with contextlib.redirect_stdout(io.StringIO()):
+            res = dcgan.bench(dcgan.parse_args(self.argv("bench")))
+        self.assertEqual(res["steps"], 3)
+        self.assertGreater(res["ours_nchw_seconds"], 0.0)
+        self.assertGreater(res["ours_seconds"], 0.0)
+        self.assertGreater(res["tutorial_seconds"], 0.0)
+
+
+if __name__ == "__main__":
+    unittest.main()
+
+
+# ==============================================================================================
+# compare.py
+# ==============================================================================================
+class TestCompare(OneThread):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.root = os.path.join(cls.tmp.name, "data")
+        # --quick trains on 200 images (20 per class) and scores 50 test images (5 per class)
+        data.make_fake_cifar(cls.root, n_train_per_batch=40, n_test=100, fmt="python")
+        torch.manual_seed(0)
+        cls.net = os.path.join(cls.tmp.name, "tiny_inception.pt")
+        torch.jit.script(_MetricsAtNetLayers()).save(cls.net)  # get-fid-inception.sh's layout
+        cls.out = os.path.join(cls.tmp.name, "cmp")
+        cls.argv = ["--quick", "--data-dir", cls.root, "--no-download", "--out", cls.out,
+                    "--fid-net", cls.net, "--device", "cpu"]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            cls.results = compare.main(cls.argv)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+        super().tearDownClass()
+
+    def test_quick_writes_the_table(self):
+        with open(os.path.join(self.out, "results.json")) as f:
+            res = json.load(f)
+        self.assertEqual(set(k for k in res if not k.startswith("_")), {"vae", "dcgan"})
+        self.assertEqual(res["_fid"]["n"], compare.QUICK["fid_samples"])
+        for name, kinds in (("vae", {"samples", "reconstructions"}), ("dcgan", {"samples"})):
+            self.assertEqual(set(res[name]["scores"]), kinds)
+            for sc in res[name]["scores"].values():
+                self.assertIsNone(sc[0]["fid"])  # 50 images <= 2048 dimensions: honestly not computed
+                self.assertTrue(0.0 <= sc[0]["precision"] <= 1.0 and 0.0 <= sc[0]["recall"] <= 1.0)
+                self.assertEqual(sc[0]["n_fake"], 50)
+        for key in ("probe_acc", "pixel_probe_acc", "random_probe_acc", "test_elbo"):
+            self.assertIsNotNone(res["vae"]["runs"][0][key], key)
+        with open(os.path.join(self.out, "results.md")) as f:
+            md = f.read()
+        for text in ("| raw pixels | 3072 |", "| dcgan: D features | 7168 |", "| vae samples | not computed |",
+                     "FID not computed", "![VAE: samples"):
+            self.assertIn(text, md)
+
+    def test_reuse_does_not_retrain(self):
+        ckpt = os.path.join(self.out, "vae", "seed42", "checkpoint.pt")
+        before = os.stat(ckpt).st_mtime_ns
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            res = compare.main(self.argv + ["--reuse"])
+        self.assertEqual(os.stat(ckpt).st_mtime_ns, before)
+        self.assertIn("reusing", out.getvalue())
+        self.assertEqual(res["vae"]["runs"][0]["test_elbo"], self.results["vae"]["runs"][0]["test_elbo"])
+        # the same checkpoints and noise give the same scores
+        self.assertEqual(res["dcgan"]["scores"]["samples"][0]["kid_mean"],
+                         self.results["dcgan"]["scores"]["samples"][0]["kid_mean"])
+
+    def test_without_fid_net_says_not_measured(self):
+        table = compare.build_tables({"_fid": {"n": 10, "net": None, "note": "not measured: no FID network"},
+                                      "_env": {"device": "cpu", "torch": "x", "machine": "m"},
+                                      **{k: v for k, v in self.results.items() if not k.startswith("_")}},
+                                     compare.parse_args(["--out", self.out]))
+        self.assertIn("not measured: no FID network", table)
+
+    def test_seeds_are_reported_as_mean_and_std(self):
+        self.assertEqual(compare.fmt([0.5, 0.7], "{:.1f}", 100), "60.0 +- 14.1")  # sample std
+        self.assertEqual(compare.fmt([0.5], "{:.1f}", 100), "50.0")
+        self.assertEqual(compare.fmt([None, None]), "n/a")
+
+    def test_bad_flags_exit_2_with_one_line(self):
+        for argv in (["--fid-samples", "15"], ["--seeds", "-1"], ["--fid-net", "/nonexistent.pt"],
+                     ["--device", "tpu"]):
+            code, err = cli_exit(compare.main, argv + ["--out", self.out])
+            self.assertEqual(code, 2, argv)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
 
 
 if __name__ == "__main__":
