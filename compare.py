@@ -125,6 +125,15 @@ def dcgan_images(run_dir, n, device):
     return {"samples": data.to_uint8(dcgan.generate(G, z, device))}
 
 
+def reusable_scores(path, key):
+    """The scores saved at path if they were made with the same key (N, network, checkpoint)."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        sc = json.load(f)
+    return sc if all(sc.get(k) == v for k, v in key.items()) else None
+
+
 # ----------------------------------------------------------------------------------------------
 # The table
 
@@ -186,9 +195,9 @@ def build_tables(results, args):
         L.append(f"FID / KID / precision / recall: {results['_fid']['note']}.")
     else:
         L.append(f"{n_fid} generated images vs {n_fid} test images, Inception-v3 pool3 features "
-                 f"({results['_fid']['net']}). FID is biased upwards at this sample count, so "
-                 "compare FIDs only at equal N; KID is unbiased. Lower FID/KID is better; precision "
-                 "= share of generated images inside the real manifold, recall = the reverse (k = 3).")
+                 f"({results['_fid']['net']}). FID is biased upwards at small N (compare FIDs only "
+                 "at equal N); KID is unbiased. Lower FID/KID is better; precision = share of "
+                 "generated images inside the real manifold, recall = the reverse (k = 3).")
         if results["_fid"].get("fid_note"):
             L.append("")
             L.append(results["_fid"]["fid_note"] + ".")
@@ -328,17 +337,26 @@ def main(argv=None):
         if n <= metrics.FID_DIM:
             fid["fid_note"] = (f"FID not computed: {n} images per set <= {metrics.FID_DIM} feature "
                                "dimensions, so the covariance would be singular (KID needs no such count)")
-        for seed_i, seed in enumerate(args.seeds):
+        for seed in args.seeds:
             for name in models:
                 run_dir = os.path.join(args.out, name, f"seed{seed}")
-                sets = (vae_images(run_dir, real_x, n, device) if name.startswith("vae")
-                        else dcgan_images(run_dir, n, device))
-                for kind, imgs in sets.items():
-                    print(f"[{name} seed {seed}] Inception features of {n} {kind}")
-                    fake_f = metrics.inception_features(net, imgs, device)
-                    sc = metrics.generative_scores(real_f, fake_f, seed=EVAL_SEED)
-                    results[name]["scores"].setdefault(kind, []).append(sc)
-                    data.write_json(os.path.join(run_dir, f"scores_{kind}.json"), dict(sc, n=n, net=tag))
+                # scores_<kind>.json is reused only for the same N, network and checkpoint
+                key = dict(n=n, net=tag, checkpoint=metrics.file_md5(os.path.join(run_dir, "checkpoint.pt")))
+                kinds = ["samples", "reconstructions"] if name.startswith("vae") else ["samples"]
+                scores = {k: reusable_scores(os.path.join(run_dir, f"scores_{k}.json"), key)
+                          for k in kinds} if args.reuse else {}
+                if all(scores.get(k) for k in kinds):
+                    print(f"[{name} seed {seed}] reusing its scores")
+                else:
+                    sets = (vae_images(run_dir, real_x, n, device) if name.startswith("vae")
+                            else dcgan_images(run_dir, n, device))
+                    for kind, imgs in sets.items():
+                        print(f"[{name} seed {seed}] Inception features of {n} {kind}")
+                        fake_f = metrics.inception_features(net, imgs, device)
+                        scores[kind] = metrics.generative_scores(real_f, fake_f, seed=EVAL_SEED)
+                        data.write_json(os.path.join(run_dir, f"scores_{kind}.json"), dict(scores[kind], **key))
+                for kind in kinds:
+                    results[name]["scores"].setdefault(kind, []).append(scores[kind])
     results["_fid"] = fid
     results["_env"] = dict(device=str(device), torch=torch.__version__,
                            machine=f"{os.cpu_count()} CPU cores" + (
