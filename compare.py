@@ -23,7 +23,6 @@ Left out on purpose: Inception Score (unreliable on CIFAR-10), perceptual path l
 download: the FID network file is fetched by a separate script, never silently.
 """
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -332,7 +331,7 @@ def main(argv=None):
         test_x, test_y = data.load_cifar10(args.data_dir, train=False, download=not args.no_download)
         real_x = test_x[data.stratified_indices(test_y, n, seed=EVAL_SEED)]  # n/10 per class
         net = metrics.load_fid_net(args.fid_net, device)
-        tag = f"{os.path.basename(args.fid_net)}-{metrics.file_md5(args.fid_net)[:8]}"
+        tag = f"{os.path.basename(args.fid_net)}-{data.file_md5(args.fid_net)[:8]}"
         print(f"Inception features of {n} test images ({tag})")
         real_f = metrics.cached_features(net, real_x, device,
                                          os.path.join(args.data_dir, "fid_cache", f"test-{n}-{EVAL_SEED}-{tag}.npy"))
@@ -343,7 +342,7 @@ def main(argv=None):
             for name in models:
                 run_dir = os.path.join(args.out, name, f"seed{seed}")
                 # scores_<kind>.json is reused only for the same N, network and checkpoint
-                key = dict(n=n, net=tag, checkpoint=metrics.file_md5(os.path.join(run_dir, "checkpoint.pt")))
+                key = dict(n=n, net=tag, checkpoint=data.file_md5(os.path.join(run_dir, "checkpoint.pt")))
                 kinds = ["samples", "reconstructions"] if name.startswith("vae") else ["samples"]
                 scores = {k: reusable_scores(os.path.join(run_dir, f"scores_{k}.json"), key)
                           for k in kinds} if args.reuse else {}

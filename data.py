@@ -191,7 +191,8 @@ def _load_bin_batch(raw, where):
     return rec[:, 1:], rec[:, 0].astype(np.int64)
 
 
-def _md5(path, chunk=1 << 22):
+def file_md5(path, chunk=1 << 22):
+    """md5 of a file's bytes, read in 4 MiB blocks (archives, checkpoints, network files)."""
     h = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -207,7 +208,7 @@ def archive_md5_note(path):
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     first = key not in _md5_seen
-    md5 = _md5_seen.setdefault(key, _md5(path) if first else None)
+    md5 = _md5_seen.setdefault(key, file_md5(path) if first else None)
     official = OFFICIAL_MD5.get(os.path.basename(path)) == md5
     if not official and first:
         print(f"warning: {path} has md5 {md5}, not the official "
@@ -242,7 +243,7 @@ def download(root):
                 print(f"\rdownloading {URL}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB, ETA {eta}",
                       end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
-        got = _md5(tmp)
+        got = file_md5(tmp)
         if got != OFFICIAL_MD5["cifar-10-python.tar.gz"]:
             raise DataError(f"downloaded file has md5 {got}, expected "
                             f"{OFFICIAL_MD5['cifar-10-python.tar.gz']}; try again")

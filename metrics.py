@@ -51,6 +51,8 @@ import warnings
 import numpy as np
 import torch
 
+import data
+
 # ---------------------------------------------------------------------------------------------
 # Settings (one place; units and reasons)
 # ---------------------------------------------------------------------------------------------
@@ -532,7 +534,6 @@ def inception_features(net, images_uint8, device="cpu", batch_size=50, progress=
     CIFAR's 32 x 32 is upsampled ~9x) -> (x - 128) / 128 -> net -> flatten. The scaling and size
     are what the 2015 TF graph was trained with. No gradients. Progress with ETA every ~10 s.
     """
-    import data  # format_seconds; imported here so metrics.py imports without data.py
     x_all = torch.as_tensor(images_uint8)
     if x_all.dtype != torch.uint8 or x_all.dim() != 4 or x_all.shape[1] != 3:
         raise ValueError(f"inception_features wants uint8 (N, 3, H, W) images, got "
@@ -568,7 +569,6 @@ def cached_features(net, images_uint8, device, path, batch_size=50, progress=Tru
     the file also stores the md5 of the images' bytes, so a changed data archive or subset
     is recomputed instead of silently reused. Written atomically (temp file + rename)."""
     import io
-    import data
     want = _images_md5(images_uint8)
     if os.path.isfile(path):
         try:
@@ -587,21 +587,11 @@ def cached_features(net, images_uint8, device, path, batch_size=50, progress=Tru
     return feats
 
 
-def file_md5(path, chunk=1 << 22):
-    """md5 of a file's bytes (to name caches after the network file)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # Command line: metric sanity checks on real data
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
-    import data
-    p = argparse.ArgumentParser(description="FID/KID/precision/recall between two real image sets "
+    p = data.OneLineParser(description="FID/KID/precision/recall between two real image sets "
                                 "(a floor for what generated images can reach), and the raw-pixel probe.")
     p.add_argument("--data-dir", default="data", help="folder holding the CIFAR-10 archive")
     p.add_argument("--no-download", action="store_true", help="never try to download the archive")
@@ -646,7 +636,7 @@ def main(argv=None):
 
     if args.fid_net:
         net = load_fid_net(args.fid_net, device)
-        tag = f"{os.path.basename(args.fid_net)}-{file_md5(args.fid_net)[:8]}"
+        tag = f"{os.path.basename(args.fid_net)}-{data.file_md5(args.fid_net)[:8]}"
         a = data.stratified_indices(test_y, args.n, seed=args.seed)
         set_a = test_x[a]
         if args.vs == "test":      # a second, disjoint stratified draw from the rest of the test set
@@ -672,5 +662,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import data
     data.cli_main(main)

@@ -14,7 +14,6 @@ import io
 import json
 import math
 import os
-import pickle
 import shutil
 import struct
 import subprocess
