@@ -5,6 +5,7 @@ representations, which generates better samples, at what cost and how stably?
     python compare.py --fid-net data/fid_inception.pt      # VAE + DCGAN, study settings, seed 42
     python compare.py --reuse                              # re-evaluate finished runs, no training
     python compare.py --variants --seeds 42 43 44          # + cyclical-beta VAE, stabilised DCGANs
+    python compare.py --variants dcgan_mbd --reuse         # + one variant, finished runs reused
     python compare.py --quick                              # toy size end to end (smoke check)
 
 It trains each configuration by calling vae.main / dcgan.main (a killed training run is resumed,
@@ -56,6 +57,15 @@ VARIANTS = {
     "dcgan_mbd": (dcgan, ["--minibatch-disc"]),                                # Salimans et al. 2016
     "dcgan_all": (dcgan, ["--spectral-norm", "--ttur", "--minibatch-disc"]),
 }
+
+
+def selected_models(variants):
+    """--variants: None (flag absent) -> the study's two models; [] (flag alone) -> all variants too;
+    a list of names -> those variants too, in VARIANTS order."""
+    models = dict(MODELS)
+    if variants is not None:
+        models.update({k: v for k, v in VARIANTS.items() if not variants or k in variants})
+    return models
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,11 +154,15 @@ def mean_std(values):
 
 
 def fmt(values, spec="{:.1f}", scale=1.0, missing="n/a"):
+    """'mean +- sample std' over seeds; one value where there is one seed, or where every seed gives
+    the very same number (parameter counts). The spread is unsigned even when spec has a '+'."""
     m, s = mean_std(values)
     if m is None:
         return missing
     text = spec.format(m * scale)
-    return text + (" +- " + spec.format(s * scale) if s is not None else "")
+    if s is None or len(set(x for x in values if x is not None)) == 1:
+        return text
+    return text + " +- " + spec.replace("+", "").format(s * scale)
 
 
 def build_tables(results, args):
@@ -275,9 +289,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     p.add_argument("--seeds", type=int, nargs="+", default=SEEDS,
                    help="one run per seed (default 42); figures become mean +- std over seeds")
-    p.add_argument("--variants", action="store_true",
-                   help="also: VAE with cyclical beta; DCGAN with spectral norm, TTUR, minibatch "
-                        "discrimination, and all three")
+    p.add_argument("--variants", nargs="*", default=None, metavar="NAME",
+                   help="also train variants: with no NAME all of them, else the ones named: "
+                        "vae_cyclical (cyclical beta), dcgan_sn (spectral norm), dcgan_ttur (TTUR), "
+                        "dcgan_mbd (minibatch discrimination), dcgan_all (all three)")
     p.add_argument("--reuse", action="store_true",
                    help="reuse finished runs in --out (those with metrics.json) instead of retraining")
     p.add_argument("--fid-net", default=None,
@@ -291,6 +306,9 @@ def parse_args(argv=None):
                    help=f"toy size: {QUICK['epochs']} epoch, {QUICK['subset']} training images, "
                         f"{QUICK['fid_samples']} images for KID (FID needs more), for smoke checks")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.variants or []) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if any(s < 0 for s in args.seeds):
         p.error("--seeds must be non-negative integers")
     if args.fid_samples is not None and not (10 <= args.fid_samples <= 10000 and args.fid_samples % 10 == 0):
@@ -312,7 +330,7 @@ def main(argv=None):
     args = parse_args(argv)
     t_start = time.time()
     device = data.pick_device(args.device)
-    models = dict(MODELS, **(VARIANTS if args.variants else {}))
+    models = selected_models(args.variants)
     print(f"compare: {', '.join(models)} x seeds {args.seeds} on {device}")
 
     # 1. Train (or reuse) every configuration.

@@ -132,6 +132,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def cli_main(main_fn):
     """Run a script's main(); turn expected failures into one line on stderr and exit status 2."""
+    if hasattr(sys.stdout, "reconfigure"):  # progress lines appear at once under `| tee log` or `> log`
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         main_fn()
     except KeyboardInterrupt:

@@ -354,9 +354,10 @@ def probe_features(D, images_uint8, device):
 
 
 def run_probe(D, train_x, train_y, test_x, test_y, device, seed):
+    """Linear probe on D's features -> (test accuracy, the L2 strength the validation split chose)."""
     res = metrics.linear_probe(probe_features(D, train_x, device), train_y.numpy(),
                                probe_features(D, test_x, device), test_y.numpy(), seed=seed)
-    return float(res["acc"])
+    return float(res["acc"]), float(res["l2"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -576,20 +577,22 @@ def main(argv=None):
     nn_gen = mean_nearest_distance(gen, r["train_x"])
     nn_test = mean_nearest_distance(data.to_float(test_sample), r["train_x"])
 
-    probe_acc = random_probe_acc = None
+    probe_acc = random_probe_acc = probe_l2 = random_probe_l2 = None
     t0 = time.perf_counter()
     if not cfg["no_probe"]:
-        t0 = time.perf_counter()
-        probe_acc = run_probe(D, r["train_x"], r["train_y"], test_x, test_y, device, cfg["seed"])
+        probe_acc, probe_l2 = run_probe(D, r["train_x"], r["train_y"], test_x, test_y, device, cfg["seed"])
         D0 = to_device(build_models(cfg)[1], cfg, device)   # the same D at its random init (same seed)
-        random_probe_acc = run_probe(D0, r["train_x"], r["train_y"], test_x, test_y, device, cfg["seed"])
-        print(f"linear probe on {D.feature_dim} D features: trained {probe_acc:.4f} | random init "
-              f"{random_probe_acc:.4f} | gain {probe_acc - random_probe_acc:+.4f} ({time.perf_counter() - t0:.0f} s)")
+        random_probe_acc, random_probe_l2 = run_probe(D0, r["train_x"], r["train_y"], test_x, test_y,
+                                                      device, cfg["seed"])
+        print(f"linear probe on {D.feature_dim} D features: trained {probe_acc:.4f} (l2 {probe_l2:g}) | "
+              f"random init {random_probe_acc:.4f} (l2 {random_probe_l2:g}) | "
+              f"gain {probe_acc - random_probe_acc:+.4f} ({time.perf_counter() - t0:.0f} s)")
 
     metrics_out = dict(
         d_loss=last["d_loss"], g_loss=last["g_loss"], g_d_ratio=last["g_loss"] / last["d_loss"],
         d_x=last["d_x"], d_g_z=last["d_g_z"], params_g=r["params_g"], params_d=r["params_d"],
         probe_acc=probe_acc, random_probe_acc=random_probe_acc,
+        probe_l2=probe_l2, random_probe_l2=random_probe_l2,   # the L2 strengths the validation split chose
         probe_gain=None if probe_acc is None else probe_acc - random_probe_acc,
         probe_dim=D.feature_dim, probe_train=len(r["train_x"]), probe_test=len(test_x),
         diversity=last["diversity"], real_pairwise_l2=r["real_diversity"],

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import select
 import shutil
 import struct
 import subprocess
@@ -105,6 +106,9 @@ class OneThread(unittest.TestCase):
         torch.set_num_threads(cls._threads)
 
 
+# ==============================================================================================
+# data.py
+# ==============================================================================================
 class TestData(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
@@ -312,6 +316,24 @@ class TestData(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertEqual(len(r.stderr.strip().splitlines()), 1)
         self.assertTrue(r.stderr.startswith("error: no CIFAR-10"))
+
+    def test_cli_progress_lines_are_not_held_back_by_a_pipe(self):
+        # The script prints a progress line, says so on stderr (line-buffered in Python 3.9+), then
+        # waits for stdin: by then the line must be readable from the stdout pipe.
+        code = ("import sys, data; data.cli_main(lambda: (print('epoch 1 | ETA 5m'), "
+                "print('printed', file=sys.stderr), sys.stdin.read()))")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # Python's default
+        p = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, text=True, env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            self.assertEqual(p.stderr.readline(), "printed\n")   # however long `import torch` takes
+            ready, _, _ = select.select([p.stdout], [], [], 10)
+            self.assertTrue(ready, "the line is not in the pipe: stdout is block-buffered")
+            self.assertEqual(p.stdout.readline(), "epoch 1 | ETA 5m\n")
+        finally:
+            p.stdin.close()
+            p.wait(60)
+            p.stdout.close(), p.stderr.close()
 
     def test_cli_summary_and_examples(self):
         data.make_fake_cifar(self.dir, n_train_per_batch=20, n_test=20)
@@ -599,10 +621,6 @@ class TestInceptionPath(unittest.TestCase):
             metrics.inception_features(net, torch.zeros(2, 3, 32, 32), "cpu", progress=False)  # float
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 # ==============================================================================================
 # vae.py
 # ==============================================================================================
@@ -828,10 +846,6 @@ class TestVAERun(OneThread):
         self.assertTrue(all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point()))
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 # ==============================================================================================
 # dcgan.py
 # ==============================================================================================
@@ -847,7 +861,7 @@ def _dcgan_run(argv):
         return dcgan.main(argv)
 
 
-class DcganModelTest(OneThread):
+class TestDcganModel(OneThread):
     def test_shapes_and_parameter_counts(self):
         G, D, fixed, div = dcgan.build_models(_dcgan_cfg())
         self.assertEqual(tuple(fixed.shape), (dcgan.N_FIXED, 100))
@@ -944,7 +958,7 @@ class DcganModelTest(OneThread):
         self.assertLess(dcgan.d_loss_fn(big, -big).item(), 1e-6)
 
 
-class DcganRunTest(OneThread):
+class TestDcganRun(OneThread):
     """End-to-end runs of dcgan.main on a synthetic archive: 100 training images, 20 test."""
 
     @classmethod
@@ -1039,11 +1053,6 @@ class DcganRunTest(OneThread):
             self.assertTrue(torch.isfinite(v.float()).all())
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "nan", "metrics.json")))
 
-    def test_seeds_are_reported_as_mean_and_std(self):
-        self.assertEqual(compare.fmt([0.5, 0.7], "{:.1f}", 100), "60.0 +- 14.1")  # sample std
-        self.assertEqual(compare.fmt([0.5], "{:.1f}", 100), "50.0")
-        self.assertEqual(compare.fmt([None, None]), "n/a")
-
     def test_bad_flags_exit_2_with_one_line(self):
         bad = [["--epochs", "0"], ["--subset", "15"], ["--batch-size", "1"], ["--width", "0"],
                ["--lr-d", "-1"], ["--lr-g", "nan"], ["--device", "tpu"], ["--bogus"], ["--epochs", "abc"],
@@ -1066,10 +1075,6 @@ class DcganRunTest(OneThread):
         self.assertGreater(res["ours_nchw_seconds"], 0.0)
         self.assertGreater(res["ours_seconds"], 0.0)
         self.assertGreater(res["tutorial_seconds"], 0.0)
-
-
-if __name__ == "__main__":
-    unittest.main()
 
 
 # ==============================================================================================
@@ -1140,10 +1145,19 @@ class TestCompare(OneThread):
         self.assertEqual(compare.fmt([0.5, 0.7], "{:.1f}", 100), "60.0 +- 14.1")  # sample std
         self.assertEqual(compare.fmt([0.5], "{:.1f}", 100), "50.0")
         self.assertEqual(compare.fmt([None, None]), "n/a")
+        self.assertEqual(compare.fmt([0.02, -0.01], "{:+.1f}", 100), "+0.5 +- 2.1")   # gains: signed mean
+        self.assertEqual(compare.fmt([726787, 726787], "{:,.0f}"), "726,787")       # same on every seed
+
+    def test_variants_are_chosen_by_name(self):
+        pick = lambda argv: list(compare.selected_models(compare.parse_args(argv + ["--out", self.out]).variants))
+        self.assertEqual(pick([]), ["vae", "dcgan"])
+        self.assertEqual(pick(["--variants"]), ["vae", "dcgan", *compare.VARIANTS])
+        self.assertEqual(pick(["--variants", "dcgan_mbd", "vae_cyclical", "--seeds", "1", "2"]),
+                         ["vae", "dcgan", "vae_cyclical", "dcgan_mbd"])
 
     def test_bad_flags_exit_2_with_one_line(self):
         for argv in (["--fid-samples", "15"], ["--seeds", "-1"], ["--fid-net", "/nonexistent.pt"],
-                     ["--device", "tpu"]):
+                     ["--device", "tpu"], ["--variants", "dcgan_sn", "dcgan_bogus"]):
             code, err = cli_exit(compare.main, argv + ["--out", self.out])
             self.assertEqual(code, 2, argv)
             self.assertEqual(len(err.strip().splitlines()), 1, err)

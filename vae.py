@@ -398,6 +398,7 @@ def run_probes(cfg, device, train_x, train_y, test_x, test_y, trained):
         a, b = np.asarray(a), np.asarray(b)
         r = metrics.linear_probe(a, train_y.numpy(), b, test_y.numpy(), seed=cfg["seed"])
         out[f"{name}_acc"], out[f"{name}_dim"] = float(r["acc"]), int(a.shape[1])
+        out[f"{name}_l2"] = float(r["l2"])   # the L2 strength the validation split chose
         print(f"  {name + '_acc':22s} {r['acc']:.4f}  ({a.shape[1]:4d}-d, l2 {r['l2']:g}, "
               f"{time.perf_counter() - t0:.0f} s)", flush=True)
     return out
