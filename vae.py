@@ -44,7 +44,9 @@ CIFAR-10 archive the README names, not the official file):
     Training 2m36s (7.8 s an epoch of 79 steps), 3m11s with the probes. `--bench --subset 2000`:
     our loop 1.09x the speed of the DataLoader tutorial loop (2 threads, fastest of 4), the gain
     from channels_last: the data path is < 1% of an epoch on a CPU. The test ELBO moves by 2-4
-    from one epoch to the next at the end of training.
+    from one epoch to the next at the end of training. Over seeds 42, 43, 44 (compare.py --seeds):
+    test ELBO 198.53 +- 2.16, mu probe 38.7 +- 0.7% vs raw pixels 38.9 +- 0.6%. Cyclical beta
+    (seed 42): ELBO 200.60 = 138.92 + 61.69, mu probe 38.3%, i.e. no measurable change.
 
 Left out on purpose: the study's perceptual (VGG) loss (needs a pretrained network), a learned
 decoder variance, importance-weighted ELBO bounds, and mixed precision.
