@@ -100,10 +100,8 @@ def run_one(name, script, flags, seed, args):
 # Samples to score: each model's images for FID/KID/precision/recall, uint8 (N, 3, 32, 32)
 
 def load_checkpoint(run_dir):
-    path = os.path.join(run_dir, "checkpoint.pt")
-    if not os.path.exists(path):
-        raise data.DataError(f"{path} is missing: train that run first (drop --reuse)")
-    return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    return data.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"),
+                                "train that run again: delete its folder, or drop --reuse")
 
 
 @torch.no_grad()

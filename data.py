@@ -95,6 +95,23 @@ def atomic_torch_save(obj, path):
     atomic_write_bytes(path, buf.getvalue())
 
 
+def load_checkpoint(path, hint, config=None, same_keys=()):
+    """Read a checkpoint that atomic_torch_save wrote. weights_only: tensors and plain containers,
+    no code from the file runs. A missing or unreadable file, or (given config) a saved config that
+    differs in any of same_keys, raises ValueError: one line naming the file and `hint`, what to do."""
+    if not os.path.exists(path):
+        raise ValueError(f"no checkpoint at {path}; {hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torn by hand, not a torch file, or holding objects weights_only refuses
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); {hint}") from None
+    for k in same_keys:
+        if ckpt["config"][k] != config[k]:
+            raise ValueError(f"{path} was made with {k}={ckpt['config'][k]}, this run has {config[k]}; "
+                             "pass the same settings")
+    return ckpt
+
+
 def pick_device(name="auto"):
     """'auto' takes cuda, then mps (Apple GPUs, which the study used), then cpu."""
     if name == "auto":

@@ -419,13 +419,7 @@ def train(cfg):
     ckpt_path = os.path.join(out, "checkpoint.pt")
     ckpt = None
     if cfg["resume"]:
-        if not os.path.exists(ckpt_path):
-            raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # no code from the file
-        for k in RESUME_KEYS:
-            if ckpt["config"][k] != cfg[k]:
-                raise ValueError(f"--resume: checkpoint has {k}={ckpt['config'][k]}, this run has {cfg[k]}; "
-                                 f"pass the same settings")
+        ckpt = data.load_checkpoint(ckpt_path, "run without --resume to start afresh", cfg, RESUME_KEYS)
     os.makedirs(out, exist_ok=True)
     print("config " + json.dumps(cfg, sort_keys=True))
 

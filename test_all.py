@@ -310,6 +310,20 @@ class TestData(unittest.TestCase):
         self.assertEqual(read_bytes(path), b'{\n  "a": 1\n}\n')
         self.assertEqual(os.listdir(self.dir), ["x.json"])
 
+    def test_load_checkpoint_errors_name_the_file_and_what_to_do(self):
+        path = os.path.join(self.dir, "checkpoint.pt")
+        with self.assertRaisesRegex(ValueError, "no checkpoint at .*; start afresh"):
+            data.load_checkpoint(path, "start afresh")
+        with open(path, "wb") as f:
+            f.write(b"torn")                                   # not a torch file
+        with self.assertRaisesRegex(ValueError, r"not a readable checkpoint \(\w+\); start afresh"):
+            data.load_checkpoint(path, "start afresh")
+        data.atomic_torch_save({"config": {"seed": 1, "lr": 0.1}, "w": torch.ones(2)}, path)
+        with self.assertRaisesRegex(ValueError, "made with seed=1, this run has 2"):
+            data.load_checkpoint(path, "x", {"seed": 2, "lr": 0.1}, ("lr", "seed"))
+        ck = data.load_checkpoint(path, "x", {"seed": 1, "lr": 0.5}, ("seed",))  # lr not compared
+        self.assertTrue(torch.equal(ck["w"], torch.ones(2)))
+
     def test_cli_one_line_error(self):
         r = subprocess.run([sys.executable, os.path.join(HERE, "data.py"), "--data-dir", self.dir,
                             "--no-download"], capture_output=True, text=True, cwd=self.dir)

@@ -424,15 +424,7 @@ def main(argv=None):
     ckpt_path = os.path.join(out, "checkpoint.pt")
     ckpt = None
     if cfg["resume"]:
-        try:  # weights_only: tensors and plain containers only, no arbitrary code from the file
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"--resume: {ckpt_path} is not a readable checkpoint ({type(e).__name__}); "
-                             "delete it or run without --resume") from None
-        for k in RESUME_KEYS:
-            if ckpt["config"][k] != cfg[k]:
-                raise ValueError(f"--resume: checkpoint has {k}={ckpt['config'][k]}, this run has "
-                                 f"{cfg[k]}; pass the same settings")
+        ckpt = data.load_checkpoint(ckpt_path, "run without --resume to start afresh", cfg, RESUME_KEYS)
         if ckpt["config"]["epochs"] != cfg["epochs"] and cfg["beta_schedule"] != "constant":
             raise ValueError(f"--resume: checkpoint was made for --epochs {ckpt['config']['epochs']}; the "
                              f"{cfg['beta_schedule']} beta schedule depends on it, so pass the same --epochs")
