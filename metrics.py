@@ -101,6 +101,11 @@ def pixel_features(images_uint8):
     return x.reshape(len(x), -1).astype(np.float32) / 255.0
 
 
+def _unpack(theta, d, n_classes):
+    """Flat parameters (D*C + C,) -> (W (D, C) row-major view, b (C,) view): the probe's layout."""
+    return theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes:]
+
+
 def _softmax_loss_grad(theta, X, y, l2, n_classes):
     """Mean cross-entropy of softmax(X W + b) plus (l2 / 2) * ||W||^2, and its gradient.
 
@@ -109,8 +114,7 @@ def _softmax_loss_grad(theta, X, y, l2, n_classes):
     N); the bias is not regularised.
     """
     n, d = X.shape
-    W = theta[: d * n_classes].reshape(d, n_classes)
-    b = theta[d * n_classes:]
+    W, b = _unpack(theta, d, n_classes)
     z = X @ W + b                                   # (N, C) logits
     z -= z.max(axis=1, keepdims=True)               # stable log-sum-exp
     lse = np.log(np.exp(z).sum(axis=1))             # (N,)
@@ -219,9 +223,9 @@ def _make_precond(lam, V, l2, n_classes):
     a = 1.0 / (c * lam + l2)                        # (k,) inverse curvature along V
     a_rest = 1.0 / (c * max(lam[-1], 0.0) + l2)     # everywhere else
     def precond(v):
-        G = v[: d * n_classes].reshape(d, n_classes)
+        G, vb = _unpack(v, d, n_classes)
         out = a_rest * G + V @ ((a - a_rest)[:, None] * (V.T @ G))
-        return np.concatenate([out.ravel(), v[d * n_classes:] / c])
+        return np.concatenate([out.ravel(), vb / c])
     return precond
 
 
@@ -238,9 +242,7 @@ def _stratified_holdout(y, frac, seed):
 
 def _predict(theta, X_raw, mean, std, n_classes, chunk=2048):
     """argmax class of standardised X_raw rows, in chunks (no full float64 copy of X_raw)."""
-    d = X_raw.shape[1]
-    W = theta[: d * n_classes].reshape(d, n_classes)
-    b = theta[d * n_classes:]
+    W, b = _unpack(theta, X_raw.shape[1], n_classes)
     out = np.empty(len(X_raw), dtype=np.int64)
     for i in range(0, len(X_raw), chunk):
         xs = (X_raw[i:i + chunk].astype(np.float64) - mean) / std
@@ -270,6 +272,39 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0, l2_grid=PROBE_L2_GRID
     reached tol), grid (list of (l2, val_acc, iters)), dim, n_train, n_test, seconds.
     """
     t0 = time.time()
+    X, y_raw, Xt, yt_raw = _probe_inputs(train_x, train_y, test_x, test_y)
+    classes, y = np.unique(y_raw, return_inverse=True)   # labels -> 0..C-1
+    n_classes = len(classes)
+    if n_classes < 2:
+        raise ValueError("linear_probe: the training labels hold fewer than 2 classes")
+    n, d = X.shape
+
+    # 1. Standardise; fit rows first, held-out rows last, in ONE float64 copy.
+    Xs, ys, n_fit, mean, std = _standardise_for_holdout(X, y, seed)
+    lam, V = _top_eig(Xs, PROBE_EIG_K, seed)   # preconditioner basis, once, from all training rows
+    fit = lambda th, Xf, yf, l2: _lbfgs(lambda t: _softmax_loss_grad(t, Xf, yf, l2, n_classes), th,
+                                        _make_precond(lam, V, l2, n_classes), tol=tol, max_iter=max_iter)
+
+    # 2. Choose L2 on the held-out rows.
+    l2, val_acc, theta, grid = _choose_l2(fit, Xs[:n_fit], ys[:n_fit], Xs[n_fit:], ys[n_fit:],
+                                          l2_grid, d, n_classes, verbose)
+
+    # 3. Refit on all training rows with the chosen L2; score the test rows.
+    theta, _, iters, converged = fit(theta, Xs, ys, l2)
+    W, b = _unpack(theta, d, n_classes)
+    train_acc = float(np.mean(np.argmax(Xs @ W + b, axis=1) == ys))
+    del Xs
+    # Test labels are mapped into the training classes; a class never seen in training
+    # can never be predicted, so it simply counts as wrong.
+    pred = classes[_predict(theta, Xt, mean, std, n_classes)]
+    acc = float(np.mean(pred == yt_raw))
+    return dict(acc=acc, l2=float(l2), train_acc=train_acc, val_acc=float(val_acc),
+                iters=int(iters), converged=bool(converged), grid=grid, dim=int(d),
+                n_train=int(n), n_test=int(len(Xt)), seconds=time.time() - t0)
+
+
+def _probe_inputs(train_x, train_y, test_x, test_y):
+    """-> (X (N, D), y (N,), Xt (M, D), yt (M,)) as numpy, with one-line errors for mismatches."""
     X = _as_numpy(train_x)
     X = X.reshape(len(X), -1)
     Xt = _as_numpy(test_x)
@@ -280,14 +315,14 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0, l2_grid=PROBE_L2_GRID
                          f"{len(Xt)} test rows vs {len(yt_raw)} labels")
     if X.shape[1] != Xt.shape[1]:
         raise ValueError(f"linear_probe: train features are {X.shape[1]}-d, test {Xt.shape[1]}-d")
-    classes, y = np.unique(y_raw, return_inverse=True)   # labels -> 0..C-1
-    n_classes = len(classes)
-    if n_classes < 2:
-        raise ValueError("linear_probe: the training labels hold fewer than 2 classes")
-    n, d = X.shape
+    return X, y_raw, Xt, yt_raw
 
-    # 1. Standardise (float64). Rows are permuted so the 80/20 split is two contiguous views of
-    # ONE standardised copy (a 10k x 7168 float64 matrix is 570 MB; no second copy is made).
+
+def _standardise_for_holdout(X, y, seed):
+    """-> (Xs (N, D) float64 standardised, rows permuted so the PROBE_HOLDOUT rows come last;
+    ys, its labels; n_fit, the number of fit rows; mean, std (D,) for the test rows).
+    The 80/20 split is then two contiguous views of ONE copy (a 10k x 7168 float64 matrix is
+    570 MB; no second copy is made, and the centring and scaling run in place)."""
     mean = X.mean(axis=0, dtype=np.float64)
     std = X.std(axis=0, dtype=np.float64)
     std[std < 1e-12] = 1.0
@@ -296,21 +331,17 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0, l2_grid=PROBE_L2_GRID
     Xs = X[order].astype(np.float64, copy=False)         # (N, D), fit rows first
     Xs -= mean                                           # in place: no float64 temporaries
     Xs /= std
-    ys = y[order]
-    n_fit = int((~hold).sum())
-    X_fit, y_fit, X_val, y_val = Xs[:n_fit], ys[:n_fit], Xs[n_fit:], ys[n_fit:]
+    return Xs, y[order], int((~hold).sum()), mean, std
 
-    # Preconditioner basis, once from all training rows (also fine for the 80% fits).
-    lam, V = _top_eig(Xs, PROBE_EIG_K, seed)
 
-    # 2. Choose L2 on the held-out rows.
+def _choose_l2(fit, X_fit, y_fit, X_val, y_val, l2_grid, d, n_classes, verbose):
+    """Fit each L2 strength on the fit rows (strongest first, warm-started) and keep the one
+    with the best held-out accuracy. -> (l2, val_acc, theta, grid [(l2, val_acc, iters)])."""
     theta = np.zeros(d * n_classes + n_classes)
     grid, best = [], None
     for l2 in l2_grid:
-        fun = lambda th, l2=l2: _softmax_loss_grad(th, X_fit, y_fit, l2, n_classes)
-        theta, _, iters, _ = _lbfgs(fun, theta, _make_precond(lam, V, l2, n_classes),
-                                    tol=tol, max_iter=max_iter)
-        W, b = theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes:]
+        theta, _, iters, _ = fit(theta, X_fit, y_fit, l2)
+        W, b = _unpack(theta, d, n_classes)
         val_acc = float(np.mean(np.argmax(X_val @ W + b, axis=1) == y_val)) if len(y_val) else 0.0
         grid.append((float(l2), val_acc, int(iters)))
         if best is None or val_acc > best[1]:          # strict '>' keeps the stronger L2 on ties
@@ -322,22 +353,7 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0, l2_grid=PROBE_L2_GRID
         # conditioned) are not worth fitting.
         if val_acc < best[1]:
             break
-    l2, val_acc, theta = best
-
-    # 3. Refit on all training rows with the chosen L2.
-    fun = lambda th: _softmax_loss_grad(th, Xs, ys, l2, n_classes)
-    theta, _, iters, converged = _lbfgs(fun, theta, _make_precond(lam, V, l2, n_classes),
-                                        tol=tol, max_iter=max_iter)
-    W, b = theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes:]
-    train_acc = float(np.mean(np.argmax(Xs @ W + b, axis=1) == ys))
-    del Xs, X_fit, X_val
-    # Test labels are mapped into the training classes; a class never seen in training
-    # can never be predicted, so it simply counts as wrong.
-    pred = classes[_predict(theta, Xt, mean, std, n_classes)]
-    acc = float(np.mean(pred == yt_raw))
-    return dict(acc=acc, l2=float(l2), train_acc=train_acc, val_acc=float(val_acc),
-                iters=int(iters), converged=bool(converged), grid=grid, dim=int(d),
-                n_train=int(n), n_test=int(len(Xt)), seconds=time.time() - t0)
+    return best[0], best[1], best[2], grid
 
 
 # ---------------------------------------------------------------------------------------------
