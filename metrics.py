@@ -69,6 +69,7 @@ PROBE_EIG_K = 64           # top covariance eigenvectors used by the preconditio
 PROBE_EXACT_EIG_DIM = 1024 # up to this feature size the covariance is eigendecomposed exactly
 KID_SUBSET_SIZE = 1000     # Binkowski et al. 2018 use subsets of 1000
 KID_SUBSETS = 100          # number of random subsets averaged
+KID_FULL_MAX = 25_000_000  # kernel entries up to which KID computes the full matrices once (200 MB)
 PR_K = 3                   # Kynkaanniemi et al. 2019: k = 3 nearest neighbours
 PR_BATCH = 1024            # rows per distance block (1024 x 10000 float64 = 80 MB)
 FID_SIZE = 299             # Inception-v3 input resolution
@@ -419,7 +420,7 @@ def fid_from_features(f1, f2, allow_singular=False):
                             f2.mean(0), np.cov(f2, rowvar=False))
 
 
-def kid(f1, f2, subset_size=KID_SUBSET_SIZE, n_subsets=KID_SUBSETS, seed=0):
+def kid(f1, f2, subset_size=KID_SUBSET_SIZE, n_subsets=KID_SUBSETS, seed=0, full=None):
     """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 between the two
     feature sets with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3, computed on
     n_subsets random subsets of m = min(subset_size, N1, N2) samples from each set (drawn
@@ -442,8 +443,10 @@ def kid(f1, f2, subset_size=KID_SUBSET_SIZE, n_subsets=KID_SUBSETS, seed=0):
     kernel = lambda a, b: (a @ b.T / d + 1.0) ** 3
     # When the full kernel matrices are small (e.g. 2,000 vs 2,000: 12M entries, 100 MB),
     # compute them once and index subsets into them: 100 subsets would otherwise redo the
-    # same dot products ~30 times over. Larger sets: per-subset products.
-    full = n1 * n1 + n2 * n2 + n1 * n2 <= 25_000_000
+    # same dot products ~30 times over. Larger sets: per-subset products. (full=True/False
+    # forces one branch; the tests check that both give the same number.)
+    if full is None:
+        full = n1 * n1 + n2 * n2 + n1 * n2 <= KID_FULL_MAX
     if full:
         kxx_all, kyy_all, kxy_all = kernel(f1, f1), kernel(f2, f2), kernel(f1, f2)
     rng = np.random.default_rng(seed)
