@@ -437,6 +437,36 @@ class TestData(unittest.TestCase):
         data._decoded.clear()  # free the 180 MB
 
 
+class TestRunPlumbing(unittest.TestCase):
+    """data.py's part of every training run: the shared flags, the seeds, the non-finite stop."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_noise_seeds_keep_their_formula(self):
+        # Checkpoints of earlier runs resume exactly only if every draw keeps its seed.
+        self.assertEqual(data.noise_seed(42, "order", 3), 42 * 1000003 + 3)
+        self.assertEqual(data.noise_seed(42, "gan_z", 3), 42 * 1000003 + 3 + 500_000)
+        self.assertEqual(data.noise_seed(42, "vae_eps", 3), 42 * 1000003 + 3 + 700_000)
+        self.assertEqual(data.noise_seed(42, "vae_eval"), 42 * 1000003 + 900_000)
+        b = data.Batches(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10), 10, seed=42)
+        want = torch.randperm(10, generator=torch.Generator().manual_seed(42 * 1000003 + 3))
+        self.assertEqual(next(b.epoch(3))[1].tolist(), want.tolist())
+
+    def test_check_finite_names_the_first_bad_step(self):
+        stats = torch.ones(5, 3)
+        stats[4, 1] = float("nan")
+        stats[2, 2] = float("inf")      # a column that is not a loss: ignored
+        data.check_finite(stats[:4], 3, 3, self.tmp.name, ("a", "b"), "advice")   # all finite
+        with self.assertRaises(data.NonFiniteLoss) as cm:
+            data.check_finite(stats, 3, 3, self.tmp.name, ("a", "b"), "advice")
+        self.assertEqual(str(cm.exception), "non-finite loss at epoch 3, step 2 of 3 (global step 8): a=1.0 "
+                                            "b=nan; stopped, no checkpoint written yet; advice")
+
+
 # ==============================================================================================
 # metrics.py
 # ==============================================================================================
@@ -699,6 +729,53 @@ class TestInceptionPath(unittest.TestCase):
         net = metrics.load_fid_net(self._save(_MetricsAtLayers(), "ok.pt"))
         with self.assertRaises(ValueError):
             metrics.inception_features(net, torch.zeros(2, 3, 32, 32), "cpu", progress=False)  # float
+
+
+class TestRunMeasures(unittest.TestCase):
+    """metrics.py's part of the training scripts: distances, probe figures, the bench harness."""
+
+    def test_pairwise_and_nearest_distances_by_hand(self):
+        # three images: all zeros, all 1s, all -1s; pairwise L2: sqrt(3072) twice and 2 sqrt(3072)
+        x = torch.stack([torch.zeros(3, 32, 32), torch.ones(3, 32, 32), -torch.ones(3, 32, 32)])
+        r = math.sqrt(3072)
+        self.assertAlmostEqual(metrics.mean_pairwise_distance(x), (r + r + 2 * r) / 3, places=6)
+        ref = torch.full((5, 3, 32, 32), 255, dtype=torch.uint8)        # uint8 255 is +1.0
+        ref[2] = 0                                                      # and 0 is -1.0
+        self.assertAlmostEqual(metrics.mean_nearest_distance(x, ref, chunk=2), (r + 0 + 0) / 3, places=4)
+        self.assertAlmostEqual(metrics.mean_nearest_distance(x, data.to_float(ref)), r / 3, places=4)
+
+    def test_probe_figures(self):
+        X, y = _metrics_blobs(30, 4, 3, 6.0, seed=0)
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            r = metrics.probe_figures("probe", torch.from_numpy(X), torch.from_numpy(y), X, y, seed=0)
+        self.assertEqual(set(r), {"probe_acc", "probe_dim", "probe_l2"})
+        self.assertEqual(r["probe_dim"], 4)
+        self.assertGreater(r["probe_acc"], 0.95)
+        self.assertIn("probe_acc", out.getvalue())
+
+    def test_time_loops_takes_steps_in_turn_and_counts_the_fetch(self):
+        # A fake clock that only the loops move: "slow" costs 3 per step plus 0.5 per batch fetched,
+        # "fast" 1 per step; the warm-up step is not counted.
+        now, order = [0.0], []
+
+        def batches(cost):
+            def epoch(r):
+                for i in range(10):
+                    now[0] += cost
+                    yield i
+            return epoch
+
+        def step(name, cost):
+            def run(x):
+                now[0] += cost
+                order.append((name, x))
+            return run
+        loops = {"slow": (batches(0.5), step("slow", 3.0)), "fast": (batches(0.0), step("fast", 1.0))}
+        times = metrics.time_loops(loops, 4, torch.device("cpu"), rounds=2, clock=lambda: now[0])
+        self.assertEqual(times, {"slow": [14.0, 14.0], "fast": [4.0, 4.0]})
+        want = [("slow", 0), ("fast", 0)] + [(n, i) for r in range(2) for i in range(4) for n in ("slow", "fast")]
+        self.assertEqual(order, want)
+
 
 
 # ==============================================================================================
