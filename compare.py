@@ -117,32 +117,16 @@ def load_checkpoint(run_dir):
                                 "train that run again: delete its folder, or drop --reuse")
 
 
-@torch.no_grad()
 def vae_images(run_dir, test_x, n, device):
     """-> {"samples": decoded z ~ N(0, I), "reconstructions": of test_x (z = mu)}, uint8."""
     ckpt = load_checkpoint(run_dir)
-    model = vae.build_model(ckpt["config"])
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()  # BN with its running statistics: an image does not depend on its batch
-    g = torch.Generator().manual_seed(EVAL_SEED)
-    z = torch.randn(n, vae.LATENT_DIM, generator=g)
-    samples, recons = [], []
-    for i in range(0, n, 500):
-        samples.append(data.to_uint8(model.decode(z[i:i + 500].to(device)).cpu()))
-        recons.append(data.to_uint8(model(data.to_float(test_x[i:i + 500]).to(device))[0].cpu()))
-    return {"samples": torch.cat(samples), "reconstructions": torch.cat(recons)}
+    return {"samples": vae.sample_images(ckpt, n, EVAL_SEED, device),
+            "reconstructions": vae.reconstruct_images(ckpt, test_x[:n], device)}
 
 
-@torch.no_grad()
 def dcgan_images(run_dir, n, device):
     """-> {"samples": G(z)} for n noise vectors drawn with EVAL_SEED, uint8."""
-    ckpt = load_checkpoint(run_dir)
-    G = dcgan.build_models(ckpt["config"])[0]
-    G.load_state_dict(ckpt["G"])
-    G.to(device)
-    g = torch.Generator().manual_seed(EVAL_SEED)
-    z = torch.randn(n, dcgan.Z_DIM, generator=g)
-    return {"samples": data.to_uint8(dcgan.generate(G, z, device))}
+    return {"samples": dcgan.sample_images(load_checkpoint(run_dir), n, EVAL_SEED, device)}
 
 
 def reusable_scores(path, key):

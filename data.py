@@ -1,6 +1,7 @@
 """
-data.py -- everything about pixels in and out: CIFAR-10 from the raw archives, batches, PNG/PPM
-images, training-curve charts, and the small file helpers the other scripts share.
+data.py -- everything about pixels in and out, and the run plumbing vae.py and dcgan.py share:
+CIFAR-10 from the raw archives, the stratified subset, batches, PNG/PPM images, training-curve
+charts, atomic file writes, and the flags, checks and seeds every training run uses.
 
 Run it to check the dataset:
 
@@ -8,10 +9,10 @@ Run it to check the dataset:
     python data.py --data-dir DIR --no-download
 
 It prints images per class per split, says whether the archive is the official one (md5), and
-writes a grid of examples to runs/data_examples.png. On a 2-core CPU loading all 60,000 images
-from the gzip tarball takes about 3 s (gzip decompression dominates), so nothing is cached.
+writes a grid of examples to runs/data_examples.png. Nothing is unpacked to disk: each process
+decodes the gzip tarball once (both splits together) and keeps the result in memory.
 
-What it reads (without unpacking anything to disk), whichever it finds in the data folder:
+What it reads, whichever it finds in the data folder:
   cifar-10-python.tar.gz   the official "python" release: pickled dicts, one per batch
   cifar-10-binary.tar.gz   the official "binary" release: records of 1 label byte + 3072 pixels
   cifar-10-batches-py/     or cifar-10-batches-bin/, the folders those archives unpack to
@@ -21,13 +22,20 @@ row-major 32 x 32 -- which is exactly a (3, 32, 32) tensor, so no transposes are
 Safety: the python release is pickles, and unpickling can run arbitrary code. `_SafeUnpickler`
 allows only the three numpy names the official files use and refuses everything else.
 
+Runs (used by vae.py and dcgan.py, so the two scripts cannot drift apart): the 14 flags they
+share, declared and validated once (add_run_flags, check_run_flags); device, thread and
+determinism setup; the resume check; the subset; the stop at a non-finite loss; and the seeds of
+every random draw, one function for all of them (noise_seed).
+
 What it leaves out on purpose: torchvision, PIL and matplotlib. The PNG encoder (zlib + struct),
 the bitmap font and the line chart below are a few dozen lines each and have no dependencies.
+The synthetic archives the tests load are written by test_all.py, not here.
 """
 import argparse
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import struct
@@ -246,7 +254,7 @@ def find_archive(root):
     return None
 
 
-def download(root):
+def download_archive(root):
     """Fetch the official python release into root, via a temp file, checking the md5."""
     dest = os.path.join(root, "cifar-10-python.tar.gz")
     os.makedirs(root, exist_ok=True)
@@ -287,7 +295,7 @@ def load_cifar10(root="data", train=True, download=True):
         if not download:
             raise DataError(f"no CIFAR-10 in {os.path.abspath(root)}/: put cifar-10-python.tar.gz "
                             f"(from {URL}) there, or allow the download")
-        found = ("py", globals()["download"](root))
+        found = ("py", download_archive(root))
     kind, path = found
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)  # a changed file is never stale
@@ -364,6 +372,23 @@ def to_uint8(x):
     return ((x.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
+# Every random draw of a run has its own seed, a pure function of (run seed, purpose, epoch), so a
+# resumed run redraws exactly what an uninterrupted one would, with no generator state to save.
+# The offsets keep the purposes apart (epochs stay far below 500,000). Other fixed draws (the
+# subset, the pictures' noise, the real images of dcgan.py's checks) use the run seed itself.
+NOISE_OFFSETS = {
+    "order": 0,            # data order of each epoch (Batches)
+    "gan_z": 500_000,      # dcgan.py: the z of each epoch's training steps
+    "vae_eps": 700_000,    # vae.py: the reparameterisation noise of each epoch's steps
+    "vae_eval": 900_000,   # vae.py: one fixed eps for the test ELBO, the same at every evaluation
+}
+
+
+def noise_seed(seed, purpose, epoch=0):
+    """Seed of one CPU generator: seed * 1000003 + epoch + the purpose's offset."""
+    return seed * 1000003 + epoch + NOISE_OFFSETS[purpose]
+
+
 class Batches:
     """Minibatches from one uint8 tensor that lives on the device (4x smaller than float).
     The order of epoch e is a pure function of (seed, e), so a resumed run sees the very same
@@ -382,13 +407,132 @@ class Batches:
     def epoch(self, e):
         n = len(self.x)
         if self.shuffle:  # permutation drawn on the CPU: identical on every device
-            g = torch.Generator().manual_seed(self.seed * 1000003 + e)
+            g = torch.Generator().manual_seed(noise_seed(self.seed, "order", e))
             order = torch.randperm(n, generator=g).to(self.x.device)
         else:
             order = torch.arange(n, device=self.x.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield to_float(self.x[idx]), self.y[idx]
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs: what vae.py and dcgan.py share, written once so the two scripts cannot drift apart
+
+def add_run_flags(p, epochs, subset, batch_size, seed, out):
+    """Declare the 14 flags both training scripts take; the defaults come from each script's
+    settings block. check_run_flags validates them."""
+    p.add_argument("--epochs", type=int, default=epochs, help="total epochs (with --resume: the new total)")
+    p.add_argument("--subset", type=int, default=subset,
+                   help="training images, class-stratified: a multiple of 10 in [10, 50000]")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="images per step, in [2, --subset]")
+    p.add_argument("--seed", type=int, default=seed, help="init, data order and noise, in [0, 2**31)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="channel multiplier, in (0, 16] (1: the study's layer sizes)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N], mps")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default, "
+                   "one per core; 1 is faster when other jobs share the cores)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC memory format for the convolutions: oneDNN's fast path on CPUs (printed at "
+                   "start; numbers differ from --no-channels-last only by float rounding)")
+    p.add_argument("--out", default=out, help="folder for every output")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-10-python.tar.gz")
+    p.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    p.add_argument("--no-probe", action="store_true", help="skip the linear probes at the end")
+    p.add_argument("--bench", action="store_true", help="time one epoch of this loop against the "
+                   "DataLoader tutorial loop (metrics.bench), write bench.json, then exit")
+
+
+def check_run_flags(a):
+    """Validate the shared flags of an argparse namespace, one rule each, before any work starts
+    (cli_main prints the ValueError as one line). The checks that touch the disk come last, so a
+    script validates its own flags first and a bad value never leaves a folder behind."""
+    if a.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {a.epochs}")
+    if not 10 <= a.subset <= 50_000 or a.subset % 10:
+        raise ValueError(f"--subset must be a multiple of 10 in [10, 50000], got {a.subset}")
+    if not 2 <= a.batch_size <= a.subset:  # 1: BatchNorm would use one image's own statistics
+        raise ValueError(f"--batch-size must be in [2, --subset={a.subset}], got {a.batch_size}")
+    if not 0 <= a.seed < 2**31:
+        raise ValueError(f"--seed must be in [0, 2**31), got {a.seed}")
+    if not (math.isfinite(a.width) and 0 < a.width <= 16):
+        raise ValueError(f"--width must be in (0, 16], got {a.width}")
+    if a.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {a.threads}")
+    pick_device(a.device)  # raises ValueError on a bad or unavailable device
+    try:  # an unwritable --out should fail now, not after the first epoch
+        os.makedirs(a.out, exist_ok=True)
+        probe = os.path.join(a.out, ".write_test.tmp")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"--out {a.out} is not a writable folder ({e.strerror or e})") from None
+    ckpt = os.path.join(a.out, "checkpoint.pt")
+    if a.resume and not os.path.isfile(ckpt):
+        raise ValueError(f"--resume: no checkpoint at {ckpt}; run without --resume to start afresh")
+
+
+def setup_run(cfg):
+    """The device of a run, its CPU threads, and deterministic kernels -> torch.device."""
+    device = pick_device(cfg["device"])
+    if cfg["threads"]:
+        # Each op splits over the threads and waits for the slowest; when another job holds a
+        # core, that wait dominates, so one thread can be much faster on a shared machine.
+        torch.set_num_threads(cfg["threads"])
+    if device.type == "cuda":  # same seed + device -> same numbers (cuDNN picks kernels by timing)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return device
+
+
+def resume_checkpoint(cfg, same_keys):
+    """With --resume, OUT/checkpoint.pt, refused in one line if any of same_keys (the settings
+    that define the experiment) differs from this run's; without it, None."""
+    if not cfg["resume"]:
+        return None
+    return load_checkpoint(os.path.join(cfg["out"], "checkpoint.pt"), "run without --resume to start afresh",
+                           cfg, same_keys)
+
+
+def load_subset(cfg):
+    """The run's training images: cfg["subset"] of them, a tenth per class, drawn with cfg["seed"]
+    -> uint8 (N, 3, 32, 32), int64 (N,)."""
+    images, labels = load_cifar10(cfg["data_dir"], train=True, download=not cfg["no_download"])
+    if cfg["subset"] > len(images):
+        raise DataError(f"--subset {cfg['subset']} is larger than the {len(images)} training images")
+    idx = stratified_indices(labels, cfg["subset"], seed=cfg["seed"])
+    return images[idx], labels[idx]
+
+
+class NonFiniteLoss(ValueError):
+    """A loss became inf/nan; cli_main prints it as one line and exits with status 2."""
+
+
+def check_finite(stats, first_step, steps_per_epoch, out, names, hint):
+    """stats: (n, k) CPU tensor, one row per step from global step first_step (0-based), its first
+    columns the losses called `names`. Raise NonFiniteLoss naming the first step with a non-finite
+    one. Called before anything of the epoch is saved, so the checkpoint on disk is the last good one."""
+    bad = (~torch.isfinite(stats[:, :len(names)])).any(1).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        step = first_step + i
+        ckpt = os.path.join(out, "checkpoint.pt")
+        kept = f"last good checkpoint kept at {ckpt}" if os.path.exists(ckpt) else "no checkpoint written yet"
+        values = " ".join(f"{name}={stats[i, j].item()}" for j, name in enumerate(names))
+        raise NonFiniteLoss(f"non-finite loss at epoch {step // steps_per_epoch + 1}, step "
+                            f"{step % steps_per_epoch + 1} of {steps_per_epoch} (global step {step + 1}): "
+                            f"{values}; stopped, {kept}; {hint}")
+
+
+def channels(base, width):
+    """Channel count after the --width multiplier (at least 1)."""
+    return max(1, int(round(base * width)))
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -595,75 +739,19 @@ def draw_chart(series, title="", xlabel="", ylabel="", log_y=False, width=480, h
     return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
 
 
+def smooth(ys, k):
+    """Trailing moving average over k points (shorter at the start), for noisy curves."""
+    c = np.cumsum(np.insert(np.asarray(ys, dtype=np.float64), 0, 0.0))
+    n = np.arange(1, len(ys) + 1)
+    lo = np.maximum(n - k, 0)
+    return ((c[n] - c[lo]) / (n - lo)).tolist()
+
+
 def save_charts(path, charts, ncols=3):
     """Tile equally sized chart images (3, H, W) into one picture, ncols per row."""
     charts = list(charts)
     grid = make_grid(torch.stack(charts), nrow=min(ncols, len(charts)), padding=4)
     save_image(grid, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# Synthetic archives in the exact official layouts, for the tests
-
-class _Py2Pickler(pickle._Pickler):
-    """Pickles bytes as Python 2 byte strings (BINSTRING opcodes), as the official files do.
-    Python 3's own protocol-2 pickles spell bytes as calls to _codecs.encode instead, which the
-    safe loader (rightly) refuses."""
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_py2_str(self, obj):
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-    dispatch[bytes] = save_py2_str
-
-
-def _py2_pickle(obj):
-    buf = io.BytesIO()
-    _Py2Pickler(buf, protocol=2).dump(obj)
-    # numpy 2 names its array constructor numpy._core...; the official files say numpy.core...
-    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-
-
-def make_fake_cifar(root, n_train_per_batch=20, n_test=20, fmt="python", seed=0):
-    """Write a tiny CIFAR-10 lookalike into root (cifar-10-python.tar.gz or
-    cifar-10-binary.tar.gz) and return (train_x, train_y, test_x, test_y) as torch tensors.
-    Labels cycle 0..9, so n a multiple of 10 gives balanced classes."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(root, exist_ok=True)
-    sizes = {n: n_train_per_batch for n in TRAIN_BATCHES} | {"test_batch": n_test}
-    content, out = {}, {}
-    for name, n in sizes.items():
-        x = rng.integers(0, 256, size=(n, PIXELS), dtype=np.uint8)
-        y = (np.arange(n) + rng.integers(0, 10)) % 10
-        out[name] = (x, y)
-        if fmt == "python":  # protocol 2 dict with bytes keys, like the official (Python 2) files
-            d = {b"batch_label": name.encode(), b"labels": [int(v) for v in y], b"data": x,
-                 b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
-            content[f"{PY_DIR}/{name}"] = _py2_pickle(d)
-        else:
-            rec = np.concatenate([y.astype(np.uint8)[:, None], x], axis=1)
-            content[f"{BIN_DIR}/{name}.bin"] = rec.tobytes()
-    if fmt == "python":
-        meta = {b"label_names": [c.encode() for c in CLASSES], b"num_vis": PIXELS}
-        content[f"{PY_DIR}/batches.meta"] = _py2_pickle(meta)
-    else:
-        content[f"{BIN_DIR}/batches.meta.txt"] = ("\n".join(CLASSES) + "\n").encode()
-    path = os.path.join(root, "cifar-10-python.tar.gz" if fmt == "python" else "cifar-10-binary.tar.gz")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, raw in content.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(raw)
-            tf.addfile(info, io.BytesIO(raw))
-    atomic_write_bytes(path, buf.getvalue())
-
-    def cat(names):
-        x = np.concatenate([out[n][0] for n in names]).reshape(-1, 3, 32, 32)
-        return torch.from_numpy(x), torch.from_numpy(np.concatenate([out[n][1] for n in names]))
-    return (*cat(TRAIN_BATCHES), *cat(TEST_BATCHES))
 
 
 # ----------------------------------------------------------------------------------------------

