@@ -103,10 +103,11 @@ def atomic_torch_save(obj, path):
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path, hint, config=None, same_keys=()):
+def load_checkpoint(path, hint, config=None, same_keys=(), defaults=None):
     """Read a checkpoint that atomic_torch_save wrote. weights_only: tensors and plain containers,
     no code from the file runs. A missing or unreadable file, or (given config) a saved config that
-    differs in any of same_keys, raises ValueError: one line naming the file and `hint`, what to do."""
+    differs in any of same_keys, raises ValueError: one line naming the file and `hint`, what to do.
+    defaults: what a key missing from an older checkpoint's config meant (a setting added since)."""
     if not os.path.exists(path):
         raise ValueError(f"no checkpoint at {path}; {hint}")
     try:
@@ -114,8 +115,9 @@ def load_checkpoint(path, hint, config=None, same_keys=()):
     except Exception as e:  # torn by hand, not a torch file, or holding objects weights_only refuses
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); {hint}") from None
     for k in same_keys:
-        if ckpt["config"][k] != config[k]:
-            raise ValueError(f"{path} was made with {k}={ckpt['config'][k]}, this run has {config[k]}; "
+        saved = ckpt["config"].get(k, (defaults or {}).get(k))
+        if saved != config[k]:
+            raise ValueError(f"{path} was made with {k}={saved}, this run has {config[k]}; "
                              "pass the same settings")
     return ckpt
 
@@ -381,6 +383,7 @@ NOISE_OFFSETS = {
     "gan_z": 500_000,      # dcgan.py: the z of each epoch's training steps
     "vae_eps": 700_000,    # vae.py: the reparameterisation noise of each epoch's steps
     "vae_eval": 900_000,   # vae.py: one fixed eps for the test ELBO, the same at every evaluation
+    "diffaug": 1_100_000,  # dcgan.py --diffaugment: the transforms of each epoch's batches
 }
 
 
@@ -487,13 +490,13 @@ def setup_run(cfg):
     return device
 
 
-def resume_checkpoint(cfg, same_keys):
+def resume_checkpoint(cfg, same_keys, defaults=None):
     """With --resume, OUT/checkpoint.pt, refused in one line if any of same_keys (the settings
     that define the experiment) differs from this run's; without it, None."""
     if not cfg["resume"]:
         return None
     return load_checkpoint(os.path.join(cfg["out"], "checkpoint.pt"), "run without --resume to start afresh",
-                           cfg, same_keys)
+                           cfg, same_keys, defaults)
 
 
 def load_subset(cfg):

@@ -5,6 +5,8 @@ Run:
     python dcgan.py                                   # study settings: 40 epochs, 10k subset, seed 42
     python dcgan.py --minibatch-disc --out runs/dcgan_mbd
     python dcgan.py --spectral-norm --ttur --out runs/dcgan_sn_ttur
+    python dcgan.py --loss wgan-gp --out runs/dcgan_wgangp       # critic + gradient penalty
+    python dcgan.py --diffaugment color,translation,cutout --ema 0.999 --out runs/dcgan_diffaug_ema
     python dcgan.py --bench --subset 2000             # this loop vs the DataLoader tutorial loop
     python dcgan.py --resume                          # continue runs/dcgan/checkpoint.pt exactly
 
@@ -12,7 +14,9 @@ Papers: Goodfellow et al. 2014 (the GAN game, non-saturating generator loss); Ra
 (DCGAN conventions: N(0, 0.02) init, Adam 2e-4 with beta1 0.5, BatchNorm, and section 5.1: a linear
 classifier on max-pooled discriminator features); Miyato et al. 2018 (spectral normalisation);
 Heusel et al. 2017 (two time-scale update rule, TTUR); Salimans et al. 2016 (minibatch
-discrimination).
+discrimination). The remedies for the 10k-image regime, each a flag, off by default:
+Gulrajani et al. 2017 (WGAN-GP, --loss wgan-gp); Zhao et al. 2020 (DiffAugment, --diffaugment);
+Yazici et al. 2019 (an exponential moving average of G's weights, --ema).
 
 Models, exactly the study's layer lists (4x4 kernels, stride 2, padding 1, z in R^100):
     G: z -> Linear -> 4x4x128 -> ConvT(128->128)+BN+ReLU -> ConvT(128->64)+BN+ReLU -> ConvT(64->3)+Tanh
@@ -22,7 +26,8 @@ Models, exactly the study's layer lists (4x4 kernels, stride 2, padding 1, z in 
     --minibatch-disc adds Salimans et al.'s T tensor, 4096 x (100 x 5) = 2.05M weights, to D.
 
 Loss: binary cross-entropy on logits, each term averaged over the batch (d_loss sums its real and
-fake halves); the distances of the diversity and memorisation checks are L2 over 3072 pixels in
+fake halves); with --loss wgan-gp the critic's unbounded scores, averaged over the batch, plus
+the gradient penalty, a batch mean of per-sample terms; the distances of the diversity and memorisation checks are L2 over 3072 pixels in
 [-1, 1] (metrics.mean_pairwise_distance, metrics.mean_nearest_distance).
 
 Outputs in --out (default runs/dcgan): checkpoint.pt (atomic, every epoch), history.json,
@@ -36,6 +41,7 @@ and mixed precision (float32 throughout).
 """
 import argparse
 import json
+import copy
 import math
 import os
 import time
@@ -59,6 +65,12 @@ Z_DIM = 100              # latent size (the study)
 LR = 2e-4                # Adam learning rate for both nets (Radford et al. 2016)
 BETAS = (0.5, 0.999)     # beta1 0.5 instead of 0.9: momentum 0.9 oscillated in Radford et al.
 TTUR_LR_D, TTUR_LR_G = 4e-4, 1e-4   # --ttur: D learns faster than G (Heusel et al. 2017)
+WGAN_LR, WGAN_BETAS = 1e-4, (0.5, 0.9)  # --loss wgan-gp: the official CIFAR-10 settings of
+WGAN_N_CRITIC, GP_WEIGHT = 5, 10.0   # Gulrajani et al. 2017: Adam 1e-4, (0.5, 0.9), 5 critic
+                         # steps per G step, penalty weight lambda = 10
+AUGMENTS = ("color", "translation", "cutout")  # DiffAugment's transforms (Zhao et al. 2020)
+TRANSLATE_FRAC = 0.125   # translation: up to 1/8 of the side (4 px on 32 x 32), zeros shifted in
+CUTOUT_FRAC = 0.5        # cutout: one square of half the side (16 x 16) set to 0
 INIT_STD = 0.02          # std of N(0, std) for conv/linear weights; BN scale from N(1, std)
 LEAKY_SLOPE = 0.2        # LeakyReLU slope in D (Radford et al. 2016)
 MBD_KERNELS = 100        # minibatch discrimination: B kernels ...
@@ -70,7 +82,10 @@ FEATURE_BATCH = 500      # images per forward pass when generating or extracting
 # Settings that define the experiment: --resume refuses a checkpoint made with different ones.
 # --epochs, --device and --channels-last may change (a resume is bit-exact only on the same device
 # with the same --channels-last: both change the order of floating-point sums).
-RESUME_KEYS = ("subset", "batch_size", "seed", "width", "spectral_norm", "minibatch_disc", "lr_d", "lr_g")
+RESUME_KEYS = ("subset", "batch_size", "seed", "width", "spectral_norm", "minibatch_disc", "lr_d", "lr_g",
+               "loss", "n_critic", "gp_weight", "diffaugment", "ema")
+# What a config saved before a setting existed meant by it (checkpoints of older runs still load)
+DEFAULTS = dict(loss="bce", n_critic=1, gp_weight=GP_WEIGHT, diffaugment=[], ema=0.0, betas=list(BETAS))
 
 
 # ==== Model ===================================================================================
@@ -133,13 +148,17 @@ class Discriminator(nn.Module):
     With spectral_norm=True the BatchNorm layers are left out (Identity) and the convs get biases:
     Miyato et al.'s SN discriminators use no BN, and BN's per-batch rescaling would undo the
     Lipschitz bound that SN puts on each layer. The SN wrappers themselves are added in
-    build_models, after the N(0, 0.02) init, so the init touches the raw weights.
+    build_models, after the N(0, 0.02) init, so the init touches the raw weights. A WGAN-GP critic
+    has no BN either (batchnorm=False): BN makes each sample's score depend on the rest of the
+    batch, while the penalty constrains the gradient of each sample's score on its own input. We
+    use no normalisation at all, as the official CIFAR-10 code's DCGAN critic (the paper also
+    suggests layer normalisation; not used here).
     """
 
-    def __init__(self, width=1.0, spectral_norm=False, minibatch_disc=False):
+    def __init__(self, width=1.0, spectral_norm=False, minibatch_disc=False, batchnorm=True):
         super().__init__()
         c1, c2, c3 = data.channels(64, width), data.channels(128, width), data.channels(256, width)
-        bn = not spectral_norm
+        bn = batchnorm and not spectral_norm
         self.conv1 = nn.Conv2d(3, c1, 4, stride=2, padding=1)  # no BN on D's input layer (Radford)
         self.conv2 = nn.Conv2d(c1, c2, 4, stride=2, padding=1, bias=not bn)
         self.bn2 = nn.BatchNorm2d(c2) if bn else nn.Identity()
@@ -185,7 +204,8 @@ def build_models(cfg, device="cpu"):
     unchanged, only the summation order inside the convolutions differs (runs stay deterministic)."""
     torch.manual_seed(cfg["seed"])
     G = Generator(cfg["width"])
-    D = Discriminator(cfg["width"], cfg["spectral_norm"], cfg["minibatch_disc"])
+    D = Discriminator(cfg["width"], cfg["spectral_norm"], cfg["minibatch_disc"],
+                      batchnorm=setting(cfg, "loss") == "bce")
     G.apply(init_weights)
     D.apply(init_weights)
     if cfg["spectral_norm"]:
@@ -197,6 +217,11 @@ def build_models(cfg, device="cpu"):
     if cfg.get("channels_last"):
         return G.to(device, memory_format=torch.channels_last), D.to(device, memory_format=torch.channels_last)
     return G.to(device), D.to(device)
+
+
+def setting(cfg, key):
+    """cfg[key], or what configs saved before that setting existed meant (DEFAULTS)."""
+    return cfg.get(key, DEFAULTS[key])
 
 
 def draw_noise(seed):
@@ -227,40 +252,116 @@ def g_loss_fn(logit_fake):
     return F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
 
 
+# WGAN-GP (Gulrajani et al. 2017, algorithm 1): the critic's score is unbounded (no sigmoid);
+# the critic minimises E[D(G(z))] - E[D(x)] + lambda * penalty, the generator -E[D(G(z))].
+def gradient_penalty(D, real, fake, alpha):
+    """E[(||grad_xhat D(xhat)||_2 - 1)^2] at xhat = alpha x + (1 - alpha) G(z), alpha (B, 1, 1, 1)
+    ~ U[0, 1] per sample, the mean over the batch. The norm is over each sample's WHOLE flattened
+    gradient (3 x 32 x 32 values), not over one axis (a common bug). create_graph: the penalty's
+    own gradient must reach D's weights. fake comes in detached: the penalty never moves G."""
+    xhat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(D(xhat).sum(), xhat, create_graph=True)   # (B, 3, 32, 32)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def diff_augment(x, policy, g):
+    """DiffAugment (Zhao et al. 2020): the same kinds of random, differentiable transforms on every
+    batch D sees, real or generated, in D's step and in G's, so D cannot memorise the 10k images
+    and G is not pushed to reproduce the augmentations (they are on both sides). x: (B, 3, H, W) in
+    [-1, 1]; policy: names from AUGMENTS, applied in that order; g: a generator on x's device,
+    seeded per epoch, so a resumed run draws the same transforms. Each image its own draw:
+      color:       + U(-0.5, 0.5) brightness; saturation: (x - mean over channels) * U(0, 2) + that
+                   mean; contrast: (x - image mean) * U(0.5, 1.5) + that mean (may leave [-1, 1])
+      translation: shift by whole pixels, dx, dy ~ U{-4..4}, zeros shifted in
+      cutout:      one 16 x 16 square, centre uniform over the image, set to 0
+    Whole-batch tensor ops only; gradients flow through to G. Returns a new tensor."""
+    b, _, h, w = x.shape
+    u = lambda: torch.rand(b, 1, 1, 1, generator=g, device=x.device, dtype=x.dtype)
+    rows, cols = torch.arange(h, device=x.device).view(1, h, 1), torch.arange(w, device=x.device).view(1, 1, w)
+    shift = lambda lo, hi: torch.randint(lo, hi, (b, 1, 1), generator=g, device=x.device)
+    for name in policy:
+        if name == "color":
+            x = x + (u() - 0.5)
+            m = x.mean(dim=1, keepdim=True)
+            x = (x - m) * (2 * u()) + m
+            m = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - m) * (u() + 0.5) + m
+        elif name == "translation":
+            s = int(h * TRANSLATE_FRAC + 0.5)
+            dy, dx = shift(-s, s + 1), shift(-s, s + 1)
+            padded = F.pad(x, (s, s, s, s)).permute(0, 2, 3, 1)          # (B, H + 2s, W + 2s, C)
+            batch = torch.arange(b, device=x.device).view(b, 1, 1)
+            x = padded[batch, rows + dy + s, cols + dx + s].permute(0, 3, 1, 2)  # pixel (i, j) <- (i + dy, j + dx)
+        elif name == "cutout":
+            half = int(h * CUTOUT_FRAC + 0.5) / 2
+            cy, cx = shift(0, h), shift(0, w)
+            keep = ((rows - cy).abs() >= half) | ((cols - cx).abs() >= half)    # (B, H, W)
+            x = x * keep.unsqueeze(1).to(x.dtype)
+    return x
+
+
+@torch.no_grad()
+def ema_update(G_ema, G, decay):
+    """Yazici et al. 2019: G_ema <- decay * G_ema + (1 - decay) * G after every G step, for the
+    weights and for BatchNorm's running mean and variance (averaged the same way, so the averaged
+    G's BN statistics belong to weights like its own; the step counter is copied)."""
+    for a, p in zip(G_ema.parameters(), G.parameters()):
+        a.lerp_(p, 1.0 - decay)
+    for a, b in zip(G_ema.buffers(), G.buffers()):
+        a.lerp_(b, 1.0 - decay) if a.dtype.is_floating_point else a.copy_(b)
+
+
 # ==== One training step =======================================================================
-def train_step(G, D, opt_g, opt_d, x, z):
+def train_step(G, D, opt_g, opt_d, x, z, wgan=None, update_g=True, augment=None):
     """One iteration of the GAN game on a real batch x and noise z. Returns detached
-    (d_loss, g_loss, D(x), D(G(z))) as one tensor, with no .item(): no sync on a GPU."""
-    fake = G(z)                                   # (B, 3, 32, 32); one G forward serves both steps
+    (d_loss, g_loss, D(x), D(G(z))) as one tensor, with no .item(): no sync on a GPU.
+    wgan: None for the BCE game; for WGAN-GP, (gp_weight, alpha (B, 1, 1, 1)). update_g=False
+    (the critic-only steps between G steps, --n-critic) skips step (2). augment: DiffAugment's
+    transform (a fresh draw per call), applied to every batch D sees."""
+    aug = augment or (lambda t: t)
+    with torch.set_grad_enabled(update_g):        # a critic-only step needs no graph through G
+        fake = G(z)                               # (B, 3, 32, 32); one G forward serves both steps
 
     # (1) Update D: maximise log D(x) + log(1 - D(G(z)))   [minimise d_loss]
-    logit_real = D(x)                             # (B,)
-    logit_fake = D(fake.detach())                 # detach: this step must not move G
-    d_loss = d_loss_fn(logit_real, logit_fake)
+    #     or, for WGAN-GP, the critic: maximise E[D(x)] - E[D(G(z))] under the gradient penalty
+    real_in, fake_in = aug(x), aug(fake.detach())  # detach: this step must not move G
+    logit_real = D(real_in)                       # (B,)
+    logit_fake = D(fake_in)
+    if wgan is None:
+        d_loss = d_loss_fn(logit_real, logit_fake)
+    else:
+        gp_weight, alpha = wgan
+        d_loss = logit_fake.mean() - logit_real.mean() + gp_weight * gradient_penalty(D, real_in, fake_in, alpha)
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()
 
-    # (2) Update G: maximise log D(G(z))   [non-saturating; minimise g_loss]
+    # (2) Update G: maximise log D(G(z))   [non-saturating; minimise g_loss], or -E[D(G(z))]
     # D's weights are frozen for this backward: the gradient flows through D into G, but D's own
     # weight gradients (which opt_d would discard anyway) are never computed.
-    D.requires_grad_(False)
-    g_loss = g_loss_fn(D(fake))                   # the D just updated, as in Goodfellow et al.
-    opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
-    opt_g.step()
-    D.requires_grad_(True)
+    g_loss_of = g_loss_fn if wgan is None else (lambda s: -s.mean())
+    if update_g:
+        D.requires_grad_(False)
+        g_loss = g_loss_of(D(aug(fake)))          # the D just updated, as in Goodfellow et al.
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        D.requires_grad_(True)
+    else:                                         # logged: G's loss against D before its update
+        g_loss = g_loss_of(logit_fake.detach())
 
-    # D(x), D(G(z)): mean probabilities from step (1), before D's update
+    # D(x), D(G(z)): mean probabilities (WGAN-GP: mean critic scores) from step (1), before D's update
+    out = (torch.sigmoid if wgan is None else (lambda t: t))
     return torch.stack([d_loss.detach(), g_loss.detach(),
-                        torch.sigmoid(logit_real.detach()).mean(), torch.sigmoid(logit_fake.detach()).mean()])
+                        out(logit_real.detach()).mean(), out(logit_fake.detach()).mean()])
 
 
 # ==== The training loop =======================================================================
 def optimisers(G, D, cfg):
     """Adam for each net, with its own learning rate (equal unless --ttur or --lr-d/--lr-g)."""
-    return (torch.optim.Adam(G.parameters(), lr=cfg["lr_g"], betas=BETAS),
-            torch.optim.Adam(D.parameters(), lr=cfg["lr_d"], betas=BETAS))
+    betas = tuple(setting(cfg, "betas"))   # (0.5, 0.999); WGAN-GP (0.5, 0.9)
+    return (torch.optim.Adam(G.parameters(), lr=cfg["lr_g"], betas=betas),
+            torch.optim.Adam(D.parameters(), lr=cfg["lr_d"], betas=betas))
 
 
 def check_finite(stats, first_step, steps, out):
@@ -269,19 +370,24 @@ def check_finite(stats, first_step, steps, out):
                       "try a lower --lr-d/--lr-g, --ttur or --spectral-norm")
 
 
-def train_epoch(G, D, opt_g, opt_d, batches, noise, cfg, first_step, steps):
-    """train_step over one epoch of `batches`, z from the CPU generator `noise` (the same numbers
-    on every device). Returns the (steps, 4) CPU tensor of d_loss, g_loss, D(x), D(G(z)) per step,
-    read off the device once; --log-every N adds a line (and a sync) every N steps."""
+def train_epoch(G, D, opt_g, opt_d, batches, noise, cfg, first_step, steps, G_ema=None, augment=None):
+    """train_step over one epoch of `batches`, z (and WGAN-GP's alpha) from the CPU generator
+    `noise` (the same numbers on every device); G steps on every --n-critic-th batch, each followed
+    by the --ema update of G_ema. Returns the (steps, 4) CPU tensor of d_loss, g_loss, D(x), D(G(z))
+    per step, read off the device once; --log-every N adds a line (and a sync) every N steps."""
     G.train(), D.train()
     device = next(G.parameters()).device
     stats = torch.zeros(steps, 4, device=device)
-    n = cfg["log_every"]
+    n, n_critic, wgan = cfg["log_every"], setting(cfg, "n_critic"), setting(cfg, "loss") == "wgan-gp"
     for i, (x, _) in enumerate(batches):
         z = torch.randn(x.shape[0], Z_DIM, generator=noise).to(device)   # (B, 100)
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)           # same values, NHWC
-        stats[i] = train_step(G, D, opt_g, opt_d, x, z)
+        penalty = (cfg["gp_weight"], torch.rand(x.shape[0], 1, 1, 1, generator=noise).to(device)) if wgan else None
+        update_g = (i + 1) % n_critic == 0
+        stats[i] = train_step(G, D, opt_g, opt_d, x, z, penalty, update_g, augment)
+        if update_g and G_ema is not None:
+            ema_update(G_ema, G, cfg["ema"])
         if n and (i + 1) % n == 0:                                       # logging step: sync here
             window = stats[i + 1 - n:i + 1].cpu()
             check_finite(window, first_step + i + 1 - n, steps, cfg["out"])
@@ -296,7 +402,7 @@ def train(cfg, device):
     OUT/history.json. Returns the last checkpoint dict: everything after training reads the run
     from it, as compare.py does."""
     ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
-    ckpt = data.resume_checkpoint(cfg, RESUME_KEYS)
+    ckpt = data.resume_checkpoint(cfg, RESUME_KEYS, DEFAULTS)
     print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     # drop_last: every step sees a full batch, so BN statistics are never taken over a handful of images
@@ -305,17 +411,23 @@ def train(cfg, device):
     steps = len(batches)
     real_pairwise = real_diversity(train_x, cfg["seed"])
     G, D = build_models(cfg, device)
+    G_ema = copy.deepcopy(G) if cfg["ema"] else None   # --ema: every picture and figure comes from it
     opt_g, opt_d = optimisers(G, D, cfg)
     fixed_noise, diversity_noise = draw_noise(cfg["seed"])
-    stab = ", ".join(s for s in ("spectral_norm", "ttur", "minibatch_disc") if cfg[s]) or "none"
+    stab = [s for s in ("spectral_norm", "ttur", "minibatch_disc") if cfg[s]]
+    stab += ([f"wgan-gp (lambda {cfg['gp_weight']:g}, {cfg['n_critic']} critic steps per G step)"]
+             if cfg["loss"] == "wgan-gp" else []) + ([f"diffaugment {','.join(cfg['diffaugment'])}"]
+             if cfg["diffaugment"] else []) + ([f"ema {cfg['ema']:g}"] if cfg["ema"] else [])
     print(f"params G {data.count_params(G):,}  D {data.count_params(D):,}  (the study's slides said 1.24M / "
           f"2.76M; see the docstring)\ndevice {device} | {steps} steps/epoch | lr_d {cfg['lr_d']:g} lr_g "
-          f"{cfg['lr_g']:g} | stabilisers: {stab} | speed: "
+          f"{cfg['lr_g']:g} | stabilisers: {', '.join(stab) or 'none'} | speed: "
           f"{'channels_last memory format, ' if cfg['channels_last'] else ''}{torch.get_num_threads()} threads")
     history, progress_rows = {"epochs": [], "steps": []}, []   # rows: (8, 3, 32, 32) uint8 per epoch
     start_epoch, train_seconds = 0, 0.0
     if ckpt is not None:
         G.load_state_dict(ckpt["G"]), D.load_state_dict(ckpt["D"])
+        if G_ema is not None:
+            G_ema.load_state_dict(ckpt["G_ema"])
         opt_g.load_state_dict(ckpt["opt_g"]), opt_d.load_state_dict(ckpt["opt_d"])
         fixed_noise, history, progress_rows = ckpt["fixed_noise"], ckpt["history"], list(ckpt["progress_rows"])
         start_epoch, train_seconds = ckpt["epoch"], ckpt["train_seconds"]
@@ -325,15 +437,19 @@ def train(cfg, device):
     for epoch in range(start_epoch, cfg["epochs"]):
         # ---- forward, backward, update: one pass over the subset, timed as training ----
         noise = torch.Generator().manual_seed(data.noise_seed(cfg["seed"], "gan_z", epoch))
+        aug_g = torch.Generator(device=device).manual_seed(data.noise_seed(cfg["seed"], "diffaug", epoch))
+        augment = (lambda t: diff_augment(t, cfg["diffaugment"], aug_g)) if cfg["diffaugment"] else None
         t0 = time.perf_counter()
-        stats = train_epoch(G, D, opt_g, opt_d, batches.epoch(epoch), noise, cfg, epoch * steps, steps)
+        stats = train_epoch(G, D, opt_g, opt_d, batches.epoch(epoch), noise, cfg, epoch * steps, steps,
+                            G_ema, augment)
         seconds = time.perf_counter() - t0
         check_finite(stats, epoch * steps, steps, cfg["out"])    # before anything of this epoch is saved
         train_seconds += seconds
 
         # ---- evaluation and logging: one line per epoch, with the ETA ----
-        diversity = metrics.mean_pairwise_distance(generate(G, diversity_noise, device)) / real_pairwise
-        progress_rows.append(data.to_uint8(generate(G, fixed_noise[:8], device)))
+        shown = G if G_ema is None else G_ema
+        diversity = metrics.mean_pairwise_distance(generate(shown, diversity_noise, device)) / real_pairwise
+        progress_rows.append(data.to_uint8(generate(shown, fixed_noise[:8], device)))
         m = stats.mean(0).tolist()
         history["epochs"].append(dict(epoch=epoch + 1, seconds=round(seconds, 3), d_loss=m[0], g_loss=m[1],
                                       d_x=m[2], d_g_z=m[3], diversity=diversity))
@@ -348,6 +464,8 @@ def train(cfg, device):
                     config=cfg, epoch=epoch + 1, fixed_noise=fixed_noise, history=history,
                     progress_rows=progress_rows, train_seconds=train_seconds, torch_rng=torch.get_rng_state(),
                     note="z noise and data order are reseeded from (seed, epoch)")
+        if G_ema is not None:
+            ckpt["G_ema"] = G_ema.state_dict()     # the averaged G: pictures, metrics, resume
         data.atomic_torch_save(ckpt, ckpt_path)
         data.write_json(os.path.join(cfg["out"], "history.json"), history)
     return ckpt
@@ -415,9 +533,10 @@ def evaluate_run(cfg, ckpt, device):
 
 # ---- images from a trained run: this file's pictures and compare.py's scores use these ----
 def load_trained(checkpoint, device):
-    """G and D of a checkpoint dict (data.load_checkpoint), on device, memory format as trained."""
+    """G and D of a checkpoint dict (data.load_checkpoint), on device, memory format as trained.
+    With --ema, G is the averaged generator: every picture and figure comes from it."""
     G, D = build_models(checkpoint["config"], device)
-    G.load_state_dict(checkpoint["G"])
+    G.load_state_dict(checkpoint.get("G_ema", checkpoint["G"]))
     D.load_state_dict(checkpoint["D"])
     return G, D
 
@@ -452,10 +571,12 @@ def save_pictures(cfg, ckpt, device):
     charts = [
         data.draw_chart({"D loss": (xs, data.smooth([s["d_loss"] for s in steps], k)),
                          "G loss": (xs, data.smooth([s["g_loss"] for s in steps], k))},
-                        title=f"losses, mean of {k} steps", xlabel="step", ylabel="BCE, batch mean"),
+                        title=f"losses, mean of {k} steps", xlabel="step",
+                        ylabel="BCE, batch mean" if setting(cfg, "loss") == "bce" else "critic loss, batch mean"),
         data.draw_chart({"D(x)": (xs, data.smooth([s["d_x"] for s in steps], k)),
                          "D(G(z))": (xs, data.smooth([s["d_g_z"] for s in steps], k))},
-                        title=f"D outputs, mean of {k} steps", xlabel="step", ylabel="probability real"),
+                        title=f"D outputs, mean of {k} steps", xlabel="step",
+                        ylabel="probability real" if setting(cfg, "loss") == "bce" else "critic score"),
         data.draw_chart({"generated / real": (ep, [e["diversity"] for e in hist["epochs"]])},
                         title="diversity (pairwise L2)", xlabel="epoch", ylabel="ratio"),
     ]
@@ -518,11 +639,42 @@ def parse_args(argv=None):
     p.add_argument("--lr-d", type=float, default=None, help="D's Adam lr; None: 2e-4, or 4e-4 with --ttur")
     p.add_argument("--lr-g", type=float, default=None, help="G's Adam lr; None: 2e-4, or 1e-4 with --ttur")
     p.add_argument("--minibatch-disc", action="store_true", help="Salimans et al. 2016, before D's last linear")
+    # the remedies for the 10k-image regime (off by default)
+    p.add_argument("--loss", choices=["bce", "wgan-gp"], default="bce",
+                   help="bce: the study's game; wgan-gp: Gulrajani et al. 2017, a critic without BN, "
+                        f"Adam {WGAN_LR:g} with betas {WGAN_BETAS} unless --lr-d/--lr-g")
+    p.add_argument("--n-critic", type=int, default=None,
+                   help=f"D steps per G step, each on its own batch (default {WGAN_N_CRITIC} with wgan-gp, else 1)")
+    p.add_argument("--gp-weight", type=float, default=GP_WEIGHT, help="lambda of the gradient penalty (wgan-gp)")
+    p.add_argument("--diffaugment", default="", metavar="POLICY",
+                   help=f"Zhao et al. 2020: comma-separated transforms from {','.join(AUGMENTS)} "
+                        "applied to every batch D sees (e.g. color,translation,cutout)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="Yazici et al. 2019: decay of an average of G's weights, in [0, 1) (0: off; "
+                        "0.999 typical); pictures and figures then come from the averaged G")
     a = p.parse_args(argv)
     if a.log_every < 0:
         raise ValueError(f"--log-every must be >= 0, got {a.log_every}")
-    a.lr_d = a.lr_d if a.lr_d is not None else (TTUR_LR_D if a.ttur else LR)
-    a.lr_g = a.lr_g if a.lr_g is not None else (TTUR_LR_G if a.ttur else LR)
+    wgan = a.loss == "wgan-gp"
+    if wgan and a.minibatch_disc:
+        raise ValueError("--loss wgan-gp cannot be combined with --minibatch-disc: it makes each sample's critic "
+                         "score depend on the rest of the batch, as BatchNorm does, which the per-sample "
+                         "gradient penalty assumes away")
+    a.n_critic = a.n_critic if a.n_critic is not None else (WGAN_N_CRITIC if wgan else 1)
+    if a.n_critic < 1:
+        raise ValueError(f"--n-critic must be >= 1, got {a.n_critic}")
+    if not (math.isfinite(a.gp_weight) and a.gp_weight >= 0):
+        raise ValueError(f"--gp-weight must be a number >= 0, got {a.gp_weight}")
+    a.diffaugment = [t for t in a.diffaugment.split(",") if t]
+    unknown = [t for t in a.diffaugment if t not in AUGMENTS]
+    if unknown:
+        raise ValueError(f"--diffaugment: unknown {', '.join(unknown)}; choose from {', '.join(AUGMENTS)}")
+    if not (math.isfinite(a.ema) and 0 <= a.ema < 1):
+        raise ValueError(f"--ema must be in [0, 1), got {a.ema}")
+    a.betas = list(WGAN_BETAS if wgan else BETAS)
+    base = WGAN_LR if wgan else LR
+    a.lr_d = a.lr_d if a.lr_d is not None else (TTUR_LR_D if a.ttur else base)
+    a.lr_g = a.lr_g if a.lr_g is not None else (TTUR_LR_G if a.ttur else base)
     for name, lr in (("--lr-d", a.lr_d), ("--lr-g", a.lr_g)):
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"{name} must be a positive number, got {lr}")

@@ -11,6 +11,7 @@ Grouped by file in reading order -- fixtures, data.py, vae.py, dcgan.py, metrics
 The one test that needs the real archive (data/cifar-10-python.tar.gz) is skipped without it.
 """
 import contextlib
+import copy
 import io
 import json
 import math
@@ -920,6 +921,99 @@ class TestDcganModel(OneThread):
         self.assertLess(dcgan.d_loss_fn(big, -big).item(), 1e-6)
 
 
+class TestDcganRemedies(OneThread):
+    """WGAN-GP, DiffAugment and the EMA generator (issue 11) against references."""
+
+    def test_gradient_penalty_norm_is_per_sample_over_the_whole_gradient(self):
+        torch.manual_seed(0)
+        D = dcgan.Discriminator(width=0.25, batchnorm=False)
+        real, fake = torch.randn(5, 3, 32, 32), torch.randn(5, 3, 32, 32)
+        alpha = torch.rand(5, 1, 1, 1)
+        gp = dcgan.gradient_penalty(D, real, fake, alpha)
+        want = []
+        for i in range(5):                      # one sample at a time: its own gradient, its norm
+            xh = (alpha[i] * real[i:i + 1] + (1 - alpha[i]) * fake[i:i + 1]).requires_grad_(True)
+            g, = torch.autograd.grad(D(xh).sum(), xh)
+            want.append((g.double().flatten().norm() - 1) ** 2)
+        self.assertAlmostEqual(float(gp.detach()), float(torch.stack(want).mean()), places=5)
+        # the bug the norm avoids: over dim 1 only it is another number
+        xh = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        g, = torch.autograd.grad(D(xh).sum(), xh)
+        self.assertGreater(abs(float(((g.norm(dim=1) - 1) ** 2).mean()) - float(gp.detach())), 1e-3)
+        # the penalty's gradient reaches D's weights (create_graph)
+        gp.backward()
+        self.assertGreater(float(D.conv1.weight.grad.abs().sum()), 0.0)
+
+    def test_wgan_critic_has_no_batchnorm_and_losses_are_the_formula(self):
+        D = dcgan.build_models(dict(seed=0, width=0.25, spectral_norm=False, minibatch_disc=False,
+                                    loss="wgan-gp"))[1]
+        self.assertFalse(any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules()))
+        torch.manual_seed(1)
+        G, D = dcgan.build_models(dict(seed=0, width=0.25, spectral_norm=False, minibatch_disc=False,
+                                       loss="wgan-gp", betas=[0.5, 0.9]))
+        opt_g, opt_d = dcgan.optimisers(G, D, dict(lr_g=1e-4, lr_d=1e-4, loss="wgan-gp", betas=[0.5, 0.9]))
+        self.assertEqual(opt_d.param_groups[0]["betas"], (0.5, 0.9))
+        x, z, alpha = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, dcgan.Z_DIM), torch.rand(4, 1, 1, 1)
+        D0 = copy.deepcopy(D)
+        with torch.no_grad():
+            fake = G(z)
+        s_real, s_fake = D0(x), D0(fake)
+        want_d = s_fake.mean() - s_real.mean() + 10.0 * dcgan.gradient_penalty(D0, x, fake, alpha)
+        out = dcgan.train_step(G, D, opt_g, opt_d, x, z, (10.0, alpha), update_g=False)
+        self.assertAlmostEqual(float(out[0]), float(want_d), places=5)
+        self.assertAlmostEqual(float(out[1]), float(-s_fake.mean()), places=5)   # G's loss before the update
+        self.assertAlmostEqual(float(out[2]), float(s_real.mean()), places=5)    # raw scores, no sigmoid
+
+    def test_diffaugment_shape_range_seed_and_gradient(self):
+        x = torch.rand(6, 3, 32, 32) * 2 - 1
+        aug = lambda pol, seed, t=x: dcgan.diff_augment(t, pol, torch.Generator().manual_seed(seed))
+        for pol in (["color"], ["translation"], ["cutout"], list(dcgan.AUGMENTS)):
+            y = aug(pol, 1)
+            self.assertEqual(y.shape, x.shape)
+            self.assertTrue(torch.equal(y, aug(pol, 1)))                # same seed, same transform
+            self.assertFalse(torch.equal(y, aug(pol, 2)))
+        for pol in (["translation"], ["cutout"]):                     # pixels moved or zeroed only
+            y = aug(pol, 3)
+            self.assertTrue(torch.isin(y, torch.cat([x.flatten(), torch.zeros(1)])).all())
+            self.assertLessEqual(float(y.abs().max()), 1.0)
+        # cutout zeroes at most one 16 x 16 square per image
+        self.assertTrue(((aug(["cutout"], 4) == 0).flatten(1).sum(1) <= 3 * 16 * 16).all())
+        # color: |brightness| <= 1.5, then saturation x2 and contrast x1.5 around means of |.| <= 1.5
+        self.assertLessEqual(float(aug(["color"], 5).abs().max()), 1.5 * 3 * 2)
+        # translation against a per-pixel loop with the same draws
+        y = aug(["translation"], 6)
+        g = torch.Generator().manual_seed(6)
+        dy, dx = torch.randint(-4, 5, (6, 1, 1), generator=g), torch.randint(-4, 5, (6, 1, 1), generator=g)
+        ref = torch.zeros_like(x)
+        for b in range(6):
+            for i in range(32):
+                for j in range(32):
+                    si, sj = i + int(dy[b]), j + int(dx[b])
+                    if 0 <= si < 32 and 0 <= sj < 32:
+                        ref[b, :, i, j] = x[b, :, si, sj]
+        self.assertTrue(torch.equal(y, ref))
+        # gradients flow through to G
+        G = dcgan.Generator(width=0.25)
+        dcgan.diff_augment(G(torch.randn(4, dcgan.Z_DIM)), list(dcgan.AUGMENTS),
+                           torch.Generator().manual_seed(0)).sum().backward()
+        self.assertGreater(float(G.fc.weight.grad.abs().sum()), 0.0)
+
+    def test_ema_update_is_the_formula_for_weights_and_bn_buffers(self):
+        torch.manual_seed(0)
+        G = dcgan.Generator(width=0.25)
+        ema = copy.deepcopy(G)
+        G(torch.randn(8, dcgan.Z_DIM))                                   # moves BN's running stats
+        with torch.no_grad():
+            for p in G.parameters():
+                p.add_(torch.randn_like(p))
+        before = {k: v.clone() for k, v in ema.state_dict().items()}
+        dcgan.ema_update(ema, G, 0.9)
+        for k, v in ema.state_dict().items():
+            g = G.state_dict()[k]
+            want = g if not v.dtype.is_floating_point else 0.9 * before[k] + 0.1 * g
+            self.assertTrue(torch.allclose(v, want, atol=1e-6), k)
+
+
 class TestDcganRun(OneThread):
     """End-to-end runs of dcgan.main on a synthetic archive: 100 training images, 20 test."""
 
@@ -981,6 +1075,37 @@ class TestDcganRun(OneThread):
         self.assertTrue(any("parametrizations" in k for k in ckpt["D"]))  # spectral norm is on
         self.assertIn("mbd.T", ckpt["D"])
 
+    def test_remedies_run_and_resume_exactly(self):
+        # WGAN-GP with 2 critic steps per G step, DiffAugment and EMA together: a killed and
+        # resumed run equals a straight one, averaged G included; pictures come from the EMA G.
+        extra = ("--no-probe", "--loss", "wgan-gp", "--n-critic", "2", "--diffaugment",
+                 "color,translation,cutout", "--ema", "0.9")
+        _dcgan_run(self.argv("rem_straight", *extra))
+        m = self.check_outputs("rem_straight", 2, probe=False)
+        _dcgan_run(self.argv("rem_split", *extra, epochs=1))
+        _dcgan_run(self.argv("rem_split", *extra, "--resume"))
+        a, b = (torch.load(os.path.join(self.tmp, d, "checkpoint.pt"), weights_only=False)
+                for d in ("rem_straight", "rem_split"))
+        for net in ("G", "D", "G_ema"):
+            for k, v in a[net].items():
+                self.assertTrue(torch.equal(v, b[net][k]), f"{net}.{k}")
+        self.assertFalse(all(torch.equal(v, a["G_ema"][k]) for k, v in a["G"].items()))   # averaged != raw
+        self.assertEqual(a["opt_d"]["param_groups"][0]["lr"], 1e-4)                        # WGAN-GP's Adam
+        self.assertEqual(a["opt_d"]["param_groups"][0]["betas"], (0.5, 0.9))
+        G = dcgan.load_trained(a, "cpu")[0]
+        self.assertTrue(all(torch.equal(v, a["G_ema"][k]) for k, v in G.state_dict().items()))
+        self.assertEqual(m["config"]["diffaugment"], ["color", "translation", "cutout"])
+
+    def test_old_checkpoints_without_the_new_settings_still_resume(self):
+        _dcgan_run(self.argv("old", "--no-probe", epochs=1))
+        path = os.path.join(self.tmp, "old", "checkpoint.pt")
+        ck = torch.load(path, weights_only=True)
+        for k in ("loss", "n_critic", "gp_weight", "diffaugment", "ema", "betas"):
+            del ck["config"][k]                                          # as saved before issue 11
+        data.atomic_torch_save(ck, path)
+        _dcgan_run(self.argv("old", "--no-probe", "--resume"))
+        self.assertEqual(torch.load(path, weights_only=True)["epoch"], 2)
+
     def test_resume_is_exact(self):
         _dcgan_run(self.argv("straight", "--no-probe"))
         _dcgan_run(self.argv("split", "--no-probe", epochs=1))
@@ -1018,12 +1143,16 @@ class TestDcganRun(OneThread):
     def test_bad_flags_exit_2_with_one_line(self):
         bad = [["--epochs", "0"], ["--subset", "15"], ["--batch-size", "1"], ["--width", "0"],
                ["--lr-d", "-1"], ["--lr-g", "nan"], ["--device", "tpu"], ["--bogus"], ["--epochs", "abc"],
-               ["--log-every", "-2"], ["--batch-size", "200"], ["--seed", "-1"], ["--threads", "-1"]]
+               ["--log-every", "-2"], ["--batch-size", "200"], ["--seed", "-1"], ["--threads", "-1"],
+               ["--n-critic", "0"], ["--gp-weight", "-1"], ["--diffaugment", "color,flip"], ["--ema", "1"],
+               ["--ema", "-0.1"], ["--loss", "hinge"], ["--loss", "wgan-gp", "--minibatch-disc"]]
         for extra in bad:
             code, err = cli_exit(dcgan.main, self.argv("bad", *extra))
             self.assertEqual(code, 2, extra)
             self.assertTrue(err.startswith("error: ") and len(err.strip().splitlines()) == 1, (extra, err))
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad")))     # no work started
+        code, err = cli_exit(dcgan.main, self.argv("bad", "--loss", "wgan-gp", "--minibatch-disc"))
+        self.assertIn("depend on the rest of the batch", err)                # the reason, not just "no"
         code, err = cli_exit(dcgan.main, self.argv("none", "--resume"))
         self.assertEqual(code, 2)
         self.assertIn("no checkpoint", err)
