@@ -79,10 +79,11 @@ VARIANTS = {
 }
 
 
-def selected_models(variants):
-    """--variants: None (flag absent) -> the study's two models; [] (flag alone) -> all variants too;
-    a list of names -> those variants too, in VARIANTS order."""
-    models = dict(MODELS)
+def selected_models(variants, base=tuple(MODELS)):
+    """--models (base): which of the study's two models (default both); --variants: None (flag
+    absent) -> no variant; [] (flag alone) -> all variants; a list of names -> those, in VARIANTS
+    order."""
+    models = {k: v for k, v in MODELS.items() if k in base}
     if variants is not None:
         models.update({k: v for k, v in VARIANTS.items() if not variants or k in variants})
     return models
@@ -408,6 +409,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     p.add_argument("--seeds", type=int, nargs="+", default=SEEDS,
                    help="one run per seed (default 42); figures become mean +- std over seeds")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME",
+                   help="which of the study's two models to include: vae, dcgan (default both); e.g. "
+                        "--models dcgan --variants dcgan_sn to work on the GAN alone")
     p.add_argument("--variants", nargs="*", default=None, metavar="NAME",
                    help="also train variants: with no NAME all of them, else the ones named: "
                         "vae_cyclical (cyclical beta), dcgan_sn (spectral norm), dcgan_ttur (TTUR), "
@@ -465,7 +469,7 @@ def main(argv=None):
     args = parse_args(argv)
     t_start = time.time()
     device = data.pick_device(args.device)
-    chosen = selected_models(args.variants)
+    chosen = selected_models(args.variants, args.models)
     print(f"compare: {', '.join(chosen)} x seeds {args.seeds} on {device}")
 
     # 1. Train (or reuse) every configuration.

@@ -1698,7 +1698,10 @@ class TestCompare(OneThread):
         self.assertEqual(compare.fmt([726787, 726787], "{:,.0f}"), "726,787")       # same on every seed
 
     def test_variants_are_chosen_by_name(self):
-        pick = lambda argv: list(compare.selected_models(compare.parse_args(argv + ["--out", self.out]).variants))
+        def pick(argv):
+            a = compare.parse_args(argv + ["--out", self.out])
+            return list(compare.selected_models(a.variants, a.models))
+        self.assertEqual(pick(["--models", "dcgan", "--variants", "dcgan_ema"]), ["dcgan", "dcgan_ema"])
         self.assertEqual(pick([]), ["vae", "dcgan"])
         self.assertEqual(pick(["--variants"]), ["vae", "dcgan", *compare.VARIANTS])
         self.assertEqual(pick(["--variants", "dcgan_mbd", "vae_cyclical", "--seeds", "1", "2"]),
@@ -1709,7 +1712,7 @@ class TestCompare(OneThread):
         torch.jit.script(_MetricsTinyLayers()).save(bare)                   # neither known layout
         small = os.path.join(self.tmp.name, "small.pt")
         torch.jit.script(_MetricsAtLayers(dim=512)).save(small)              # not 2048-d
-        for argv in (["--fid-samples", "15"], ["--fid-samples", "20000"], ["--fid-samples", "60000", "--fid-ref", "train"],
+        for argv in (["--fid-samples", "15"], ["--fid-samples", "20000"], ["--models", "gan"], ["--fid-samples", "60000", "--fid-ref", "train"],
                      ["--seeds", "-1"], ["--fid-net", "/nonexistent.pt"], ["--fid-net", bare], ["--fid-net", small],
                      ["--fid-precision", "fp16"], ["--fid-ref", "val"],
                      ["--device", "tpu"], ["--variants", "dcgan_sn", "dcgan_bogus"]):
