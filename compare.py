@@ -4,7 +4,7 @@ representations, which generates better samples, at what cost and how stably?
 
     python compare.py --fid-net data/fid_inception.pt      # VAE + DCGAN, study settings, seed 42
     python compare.py --reuse                              # re-evaluate finished runs, no training
-    python compare.py --variants --seeds 42 43 44          # + cyclical-beta VAE, stabilised DCGANs
+    python compare.py --variants --seeds 42 43 44          # + beta-VAEs, VAE-GAN, stabilised DCGANs
     python compare.py --variants dcgan_mbd --reuse         # + one variant, finished runs reused
     python compare.py --quick                              # toy size end to end (smoke check)
     python compare.py --reuse --fid-net data/fid_inception.pt --fid-samples 10000   # FID at the
@@ -44,6 +44,7 @@ import data
 import dcgan
 import metrics
 import vae
+import vaegan
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -65,6 +66,8 @@ QUICK = dict(epochs=1, subset=200, fid_samples=50)  # --quick: toy size; FID nee
 MODELS = {"vae": (vae, []), "dcgan": (dcgan, [])}
 VARIANTS = {
     "vae_cyclical": (vae, ["--beta-schedule", "cyclical", "--cycles", "4"]),  # Fu et al. 2019
+    "vae_beta4": (vae, ["--beta", "4"]),                                       # Higgins et al. 2017
+    "vae_beta025": (vae, ["--beta", "0.25"]),                                  # the KL weakened instead
     "dcgan_sn": (dcgan, ["--spectral-norm"]),                                  # Miyato et al. 2018
     "dcgan_ttur": (dcgan, ["--ttur"]),                                         # Heusel et al. 2017
     "dcgan_mbd": (dcgan, ["--minibatch-disc"]),                                # Salimans et al. 2016
@@ -76,7 +79,9 @@ VARIANTS = {
     "dcgan_diffaug": (dcgan, ["--diffaugment", "color,translation,cutout"]),  # Zhao et al. 2020
     "dcgan_ema": (dcgan, ["--ema", "0.999"]),                                 # Yazici et al. 2019
     "dcgan_diffaug_ema": (dcgan, ["--diffaugment", "color,translation,cutout", "--ema", "0.999"]),
+    "vaegan": (vaegan, []),                                                    # Larsen et al. 2016
 }
+AUTOENCODERS = ("vae", "vaegan")  # kinds (script names) with an encoder: reconstructions, probes on mu
 
 
 def selected_models(variants, base=tuple(MODELS)):
@@ -203,14 +208,14 @@ def score_run(name, kind, seed, net, ref_x, real_f, proto, args, device):
     run_dir = os.path.join(args.out, name, f"seed{seed}")
     suffix = f"{proto['ref']}{proto['n']}" + ("" if proto["fid_precision"] == "fp32" else "_" + proto["fid_precision"])
     key = dict(proto, checkpoint=data.file_md5(os.path.join(run_dir, "checkpoint.pt")))
-    kinds = ["samples", "reconstructions"] if kind == "vae" else ["samples"]
+    kinds = ["samples", "reconstructions"] if kind in AUTOENCODERS else ["samples"]
     paths = {k: os.path.join(run_dir, f"scores_{k}_{suffix}.json") for k in kinds}
     scores = {k: reusable_scores(paths[k], key) for k in kinds} if args.reuse else {}
     if all(scores.get(k) for k in kinds):
         print(f"[{name} seed {seed}] reusing its scores ({describe(proto)})")
         return scores
     n = proto["n"]
-    sets = vae_images(run_dir, ref_x, n, device) if kind == "vae" else dcgan_images(run_dir, n, device)
+    sets = vae_images(run_dir, ref_x, n, device) if kind in AUTOENCODERS else dcgan_images(run_dir, n, device)
     for k, imgs in sets.items():
         print(f"[{name} seed {seed}] Inception features of {n:,} {k} ({describe(proto)})")
         fake_f = metrics.cached_features(net, imgs, device, os.path.join(run_dir, f"inception_{k}_{suffix}.npz"),
@@ -308,7 +313,7 @@ def probe_table(models):
         runs = m["runs"]
         rows = ([("mu", "probe_acc", "random_probe_acc", "probe_dim"),
                  ("last conv", "conv_probe_acc", "random_conv_probe_acc", "conv_probe_dim")]
-                if m["kind"] == "vae" else [("D features", "probe_acc", "random_probe_acc", "probe_dim")])
+                if m["kind"] in AUTOENCODERS else [("D features", "probe_acc", "random_probe_acc", "probe_dim")])
         for label, k, kr, kd in rows:
             gain = [None if (x.get(k) is None or x.get(kr) is None) else x[k] - x[kr] for x in runs]
             L.append(f"| {name}: {label} | {runs[0].get(kd, '?')} | {fmt([x.get(k) for x in runs], scale=100)} | "
@@ -348,22 +353,26 @@ def samples_table(models, info):
 
 
 def cost_table(models):
-    """Parameters, time, the VAE's test ELBO, the DCGAN's final losses, diversity, memorisation."""
+    """Parameters, time, the test ELBO of the VAEs (the VAE-GAN's in the same pixel units), the final
+    D / G losses of the DCGANs and the VAE-GAN, the DCGANs' diversity and memorisation."""
     L = ["### Cost and training", "",
          "| model | params | train time (s) | s / epoch | test ELBO (recon + KL) | final D / G loss | "
          "diversity (gen / real) | memorisation (gen / test NN dist) |",
          "|---|---:|---:|---:|---|---|---:|---:|"]
     for name, m in models.items():
         runs = m["runs"]
-        if m["kind"] == "vae":
+        loss = ("" if m["kind"] == "vae" else
+                f"{fmt([x['d_loss'] for x in runs], '{:.3f}')} / {fmt([x['g_loss'] for x in runs], '{:.3f}')}")
+        if m["kind"] in AUTOENCODERS:
             params = fmt([x["params"] for x in runs], "{:,.0f}")
+            if m["kind"] == "vaegan":   # the VAE's count, then its discriminator's
+                params = f"VAE {params}, D {fmt([x['params_d'] for x in runs], '{:,.0f}')}"
             elbo = (f"{fmt([x['test_elbo'] for x in runs], '{:.2f}')} ({fmt([x['test_recon'] for x in runs], '{:.2f}')}"
                     f" + {fmt([x['test_kl'] for x in runs], '{:.2f}')})")
-            loss = div = mem = ""
+            div = mem = ""
         else:
             params = f"G {fmt([x['params_g'] for x in runs], '{:,.0f}')}, D {fmt([x['params_d'] for x in runs], '{:,.0f}')}"
             elbo = ""
-            loss = f"{fmt([x['d_loss'] for x in runs], '{:.3f}')} / {fmt([x['g_loss'] for x in runs], '{:.3f}')}"
             div = fmt([x["diversity"] for x in runs], "{:.3f}")
             mem = fmt([x["memorisation_ratio"] for x in runs], "{:.3f}")
         L.append(f"| {name} | {params} | {fmt([x['train_seconds'] for x in runs], '{:.0f}')} | "
@@ -379,6 +388,8 @@ def pictures_md(args):
     shown = [("vae", "reconstructions.png", "VAE: test images above their reconstructions"),
              ("vae", "interpolations.png", "VAE: decoded latent interpolations"),
              ("vae", "samples.png", "VAE: samples, z ~ N(0, I)"),
+             ("vaegan", "reconstructions.png", "VAE-GAN: test images above their reconstructions"),
+             ("vaegan", "samples.png", "VAE-GAN: samples, z ~ N(0, I)"),
              ("dcgan", "samples.png", "DCGAN: samples from the fixed noise"),
              ("dcgan", "progress.png", "DCGAN: the fixed noise over training"),
              ("dcgan", "interpolations.png", "DCGAN: interpolations in z"),
@@ -414,10 +425,10 @@ def parse_args(argv=None):
                         "--models dcgan --variants dcgan_sn to work on the GAN alone")
     p.add_argument("--variants", nargs="*", default=None, metavar="NAME",
                    help="also train variants: with no NAME all of them, else the ones named: "
-                        "vae_cyclical (cyclical beta), dcgan_sn (spectral norm), dcgan_ttur (TTUR), "
-                        "dcgan_mbd (minibatch discrimination), dcgan_all (all three), dcgan_wgangp "
-                        "(WGAN-GP), dcgan_diffaug (DiffAugment), dcgan_ema (EMA generator), "
-                        "dcgan_diffaug_ema (both)")
+                        "vae_cyclical (cyclical beta), vae_beta4 and vae_beta025 (KL weight 4 and 0.25), "
+                        "dcgan_sn (spectral norm), dcgan_ttur (TTUR), dcgan_mbd (minibatch discrimination), "
+                        "dcgan_all (all three), dcgan_wgangp (WGAN-GP), dcgan_diffaug (DiffAugment), "
+                        "dcgan_ema (EMA generator), dcgan_diffaug_ema (both), vaegan (VAE-GAN, vaegan.py)")
     p.add_argument("--reuse", action="store_true",
                    help="reuse finished runs in --out (those with metrics.json) instead of retraining")
     p.add_argument("--fid-net", default=None,

@@ -380,6 +380,7 @@ def to_uint8(x):
 # subset, the pictures' noise, the real images of dcgan.py's checks) use the run seed itself.
 NOISE_OFFSETS = {
     "order": 0,            # data order of each epoch (Batches)
+    "vaegan": 300_000,     # vaegan.py: eps and the prior's z_p of each epoch's training steps
     "gan_z": 500_000,      # dcgan.py: the z of each epoch's training steps
     "vae_eps": 700_000,    # vae.py: the reparameterisation noise of each epoch's steps
     "vae_eval": 900_000,   # vae.py: one fixed eps for the test ELBO, the same at every evaluation

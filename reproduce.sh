@@ -2,7 +2,7 @@
 # reproduce.sh -- the study's full experiment from a fresh clone, in one command.
 #
 #   ./reproduce.sh                     # VAE 20 epochs + DCGAN 40 epochs on the 10k subset, seed 42
-#   ./reproduce.sh --variants          # also VAE with cyclical beta, DCGAN with each stabiliser
+#   ./reproduce.sh --variants          # also cyclical-beta and beta-VAEs, the VAE-GAN, each DCGAN stabiliser
 #   ./reproduce.sh --variants dcgan_mbd --reuse   # one variant more, finished runs reused
 #   ./reproduce.sh --seeds 42 43 44    # every configuration per seed, figures as mean +- std
 #   ./reproduce.sh --quick             # the whole pipeline at toy size (a smoke check)

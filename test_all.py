@@ -7,7 +7,8 @@ test_all.py -- the project's tests: under a minute on 2 idle CPU cores, no netwo
 Four kinds of test (see STYLE.md): against a trusted reference (torch.distributions, float64),
 on cases with a known answer, shape/overfit checks, and small end-to-end runs of the real scripts
 on tiny synthetic CIFAR archives written in the exact official layouts (make_fake_cifar, below).
-Grouped by file in reading order -- fixtures, data.py, vae.py, dcgan.py, metrics.py, compare.py.
+Grouped by file in reading order -- fixtures, data.py, vae.py, dcgan.py, metrics.py, compare.py --
+then vaegan.py, the model built from the other two.
 The one test that needs the real archive (data/cifar-10-python.tar.gz) is skipped without it.
 """
 import contextlib
@@ -38,6 +39,7 @@ import data
 import dcgan
 import metrics
 import vae
+import vaegan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -496,13 +498,14 @@ class TestRunPlumbing(unittest.TestCase):
         self.assertEqual(data.noise_seed(42, "gan_z", 3), 42 * 1000003 + 3 + 500_000)
         self.assertEqual(data.noise_seed(42, "vae_eps", 3), 42 * 1000003 + 3 + 700_000)
         self.assertEqual(data.noise_seed(42, "vae_eval"), 42 * 1000003 + 900_000)
+        self.assertEqual(data.noise_seed(42, "vaegan", 3), 42 * 1000003 + 3 + 300_000)
         b = data.Batches(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10), 10, seed=42)
         want = torch.randperm(10, generator=torch.Generator().manual_seed(42 * 1000003 + 3))
         self.assertEqual(next(b.epoch(3))[1].tolist(), want.tolist())
 
     def test_shared_flags_have_one_rule_in_both_scripts(self):
         out = ["--out", os.path.join(self.tmp.name, "out")]
-        for script in (vae, dcgan):
+        for script in (vae, dcgan, vaegan):
             cfg = script.parse_args(out)
             self.assertEqual((cfg["epochs"], cfg["subset"], cfg["batch_size"], cfg["seed"], cfg["width"],
                               cfg["threads"], cfg["channels_last"]),
@@ -512,11 +515,11 @@ class TestRunPlumbing(unittest.TestCase):
                     ["--device", "tpu"], ["--resume"]):
             argv = out + ["--subset", "10"] + bad
             errors = []
-            for script in (vae, dcgan):
+            for script in (vae, dcgan, vaegan):
                 with self.assertRaises(ValueError) as cm:
                     script.parse_args(argv)
                 errors.append(str(cm.exception))
-            self.assertEqual(errors[0], errors[1], bad)
+            self.assertEqual(len(set(errors)), 1, (bad, errors))
         with self.assertRaisesRegex(ValueError, r"--batch-size must be in \[2, --subset=10\], got 20"):
             vae.parse_args(out + ["--subset", "10", "--batch-size", "20"])   # vae.py took it before
 
@@ -1707,6 +1710,23 @@ class TestCompare(OneThread):
         self.assertEqual(pick(["--variants", "dcgan_mbd", "vae_cyclical", "--seeds", "1", "2"]),
                          ["vae", "dcgan", "vae_cyclical", "dcgan_mbd"])
 
+    def test_vaegan_and_beta_variants_by_name(self):
+        pick = lambda argv: compare.selected_models(compare.parse_args(argv + ["--out", self.out]).variants)
+        chosen = pick(["--variants", "vaegan", "vae_beta4"])
+        self.assertEqual(list(chosen), ["vae", "dcgan", "vae_beta4", "vaegan"])
+        self.assertEqual((chosen["vae_beta4"], chosen["vaegan"]), ((vae, ["--beta", "4"]), (vaegan, [])))
+        self.assertEqual(pick(["--variants", "vae_beta025"])["vae_beta025"], (vae, ["--beta", "0.25"]))
+
+    def test_vaegan_rows_in_the_tables(self):
+        run = dict(probe_acc=0.4, random_probe_acc=0.3, probe_dim=64, conv_probe_acc=0.5, random_conv_probe_acc=0.45,
+                   conv_probe_dim=2048, params=726787, params_d=663361, train_seconds=100.0, epochs=2,
+                   test_elbo=300.0, test_recon=250.0, test_kl=50.0, d_loss=0.5, g_loss=2.0, config={"subset": 20})
+        models = {"vaegan": {"kind": "vaegan", "runs": [run], "scores": {}}}
+        text = "\n".join(compare.probe_table(models) + compare.cost_table(models))
+        for row in ("| vaegan: mu | 64 | 40.0 | 30.0 | +10.0 |", "| vaegan: last conv | 2048 | 50.0 |",
+                    "| vaegan | VAE 726,787, D 663,361 | 100 | 50.0 | 300.00 (250.00 + 50.00) | 0.500 / 2.000 |"):
+            self.assertIn(row, text)
+
     def test_bad_flags_exit_2_with_one_line(self):
         bare = os.path.join(self.tmp.name, "bare.pt")
         torch.jit.script(_MetricsTinyLayers()).save(bare)                   # neither known layout
@@ -1719,6 +1739,189 @@ class TestCompare(OneThread):
             code, err = cli_exit(compare.main, argv + ["--out", self.out])
             self.assertEqual(code, 2, argv)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+
+# ==============================================================================================
+# vaegan.py
+# ==============================================================================================
+_VAEGAN_TINY = ["--subset", "20", "--batch-size", "8", "--width", "0.25", "--device", "cpu",
+                "--no-download"]   # 2 full steps per epoch (the last partial batch is dropped)
+
+
+def _vaegan_nets():
+    """A small VAE-GAN (width 0.25) at its seeded init, and Adam for its two halves."""
+    model, D = vaegan.build_models(dict(seed=0, width=0.25, channels_last=False))
+    return (model, D, torch.optim.Adam(model.parameters(), lr=2e-4, betas=dcgan.BETAS),
+            torch.optim.Adam(D.parameters(), lr=2e-4, betas=dcgan.BETAS))
+
+
+class TestVaeganModel(OneThread):
+    def test_feature_error_and_logits_against_a_direct_computation(self):
+        """Dis_l and the logits of one batch, recomputed in float64 from D's weights by hand: convs,
+        BatchNorm with the batch's own statistics (biased variance, eps 1e-5), LeakyReLU 0.2."""
+        _, D, _, _ = _vaegan_nets()
+        x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1  # 4 real, 4 rec, 4 prior
+        feats, logits = vaegan.discriminate(D, x, 3)
+        got = vaegan.feature_error(feats[4:8], feats[:4])
+        w = {k: v.double() for k, v in D.state_dict().items()}
+
+        def bn(h, name):
+            mean, var = h.mean((0, 2, 3), keepdim=True), h.var((0, 2, 3), unbiased=False, keepdim=True)
+            return ((h - mean) / torch.sqrt(var + 1e-5) * w[name + ".weight"].view(1, -1, 1, 1)
+                    + w[name + ".bias"].view(1, -1, 1, 1))
+        h = F.leaky_relu(F.conv2d(x.double(), w["conv1.weight"], w["conv1.bias"], stride=2, padding=1), 0.2)
+        h = F.leaky_relu(bn(F.conv2d(h, w["conv2.weight"], stride=2, padding=1), "bn2"), 0.2)
+        f = F.leaky_relu(bn(F.conv2d(h, w["conv3.weight"], stride=2, padding=1), "bn3"), 0.2).flatten(1)
+        self.assertEqual(f.shape[1], 256 // 4 * 16)                               # (N, 64 x 4 x 4)
+        ref = sum(((f[4 + i] - f[i]) ** 2).sum() for i in range(4)) / 4          # summed, batch mean
+        self.assertLess(abs(got.item() / ref.item() - 1), 1e-5)
+        np.testing.assert_allclose(logits.detach().double().numpy(),
+                                   (f @ w["fc.weight"].t() + w["fc.bias"]).squeeze(1).numpy(), atol=1e-5)
+        self.assertTrue(torch.equal(vaegan.discriminate(D, x, 2)[0], D.conv_layers(x)[1].flatten(1)))
+
+    def test_gradient_routing_after_one_step(self):
+        """One step on toy data from the same init, three times: as is, with the feature error scaled
+        to 0, and with the GAN losses scaled to 0. D's gradient is the same without the feature error
+        (it gets none from it) and the encoder's the same without the GAN losses; the decoder's
+        changes both times, so the scaling bites."""
+        g = torch.Generator().manual_seed(2)
+        x = torch.rand(6, 3, 32, 32, generator=g) * 2 - 1
+        eps, z_prior = torch.randn(2, 6, 64, generator=g).unbind(0)
+        feat_fn, d_fn, g_fn = vaegan.feature_error, dcgan.d_loss_fn, dcgan.g_loss_fn
+
+        def grads_after_one_step(feat=1.0, gan=1.0):
+            model, D, opt_vae, opt_d = _vaegan_nets()
+            with mock.patch.object(vaegan, "feature_error", lambda a, b: feat * feat_fn(a, b)), \
+                    mock.patch.object(dcgan, "d_loss_fn", lambda r, f: gan * d_fn(r, f)), \
+                    mock.patch.object(dcgan, "g_loss_fn", lambda f: gan * g_fn(f)):
+                vaegan.train_step(model, D, opt_vae, opt_d, x, eps, z_prior, 0.5, 3)
+            return [[p.grad.clone() for p in ps] for ps in
+                    (vaegan.encoder_params(model), vaegan.decoder_params(model), list(D.parameters()))]
+        same = lambda a, b: all(torch.equal(u, v) for u, v in zip(a, b))
+        enc, dec, dis = grads_after_one_step()
+        enc_nofeat, dec_nofeat, dis_nofeat = grads_after_one_step(feat=0.0)
+        enc_nogan, dec_nogan, _ = grads_after_one_step(gan=0.0)
+        self.assertTrue(same(dis, dis_nofeat))                  # D: nothing from the feature error
+        self.assertTrue(same(enc, enc_nogan))                   # encoder: nothing from the GAN losses
+        self.assertFalse(same(enc, enc_nofeat))                 # ... but it learns from the feature error
+        self.assertFalse(same(dec, dec_nofeat) or same(dec, dec_nogan))   # the decoder gets both
+        # and the graph itself would carry the feature error into D: the stop is train_step's doing
+        model, D, _, _ = _vaegan_nets()
+        feats, _ = vaegan.discriminate(D, torch.cat([x, model(x, eps)[0]]), 3)
+        g_feat = torch.autograd.grad(vaegan.feature_error(feats[6:], feats[:6].detach()), list(D.parameters()),
+                                     allow_unused=True)   # D's last layer (fc) comes after Dis_l
+        self.assertGreater(sum(t.abs().sum().item() for t in g_feat if t is not None), 0.0)
+
+
+def _vaegan_run(root, out, *extra):
+    """vaegan.main on the synthetic archive in root, output quiet; returns metrics.json's dict."""
+    argv = _VAEGAN_TINY + ["--data-dir", os.path.join(root, "data"), "--out", os.path.join(root, out), *extra]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return vaegan.main(argv)
+
+
+class TestVaeganRun(OneThread):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp(prefix="tests_vaegan_")
+        cls.addClassCleanup(shutil.rmtree, cls.root, ignore_errors=True)
+        make_fake_cifar(os.path.join(cls.root, "data"), n_train_per_batch=20, n_test=20)
+
+    def test_tiny_run_writes_every_output(self):
+        # The probes' maths is TestProbe's; a stub here keeps the run fast and shows that vae.run_probes'
+        # five figures reach metrics.json.
+        with mock.patch.object(metrics, "linear_probe", lambda *a, **k: {"acc": 0.5, "l2": 1.0}):
+            m = _vaegan_run(self.root, "full", "--epochs", "1")
+        out = os.path.join(self.root, "full")
+        for f in ("checkpoint.pt", "history.json", "metrics.json", "latents.npz", "reconstructions.png",
+                  "interpolations.png", "samples.png", "curves.png", "gan_curves.png"):
+            self.assertTrue(os.path.getsize(os.path.join(out, f)) > 0, f)
+        for k in ("probe_acc", "pixel_probe_acc", "random_probe_acc", "conv_probe_acc", "random_conv_probe_acc",
+                  "test_recon", "test_kl", "test_recon_mu", "d_loss", "g_loss", "train_feature", "params",
+                  "params_d", "gamma", "train_seconds", "config"):
+            self.assertIsNotNone(m.get(k), k)
+        self.assertAlmostEqual(m["test_elbo"], m["test_recon"] + m["test_kl"], places=6)
+        self.assertEqual((m["probe_dim"], m["params"], m["gamma"]), (64, 120_355, vaegan.GAMMA))
+        z = np.load(os.path.join(out, "latents.npz"))
+        self.assertEqual((z["train_z"].shape, z["test_z"].shape), ((20, 64), (20, 64)))
+        with open(os.path.join(out, "history.json")) as f:
+            h = json.load(f)["epochs"]
+        self.assertEqual([e["epoch"] for e in h], [1])
+        # compare.py scores it like the VAE: samples and reconstructions from the same checkpoint keys
+        test_x, _ = data.load_cifar10(os.path.join(self.root, "data"), train=False, download=False)
+        sets = compare.vae_images(out, test_x[:10], 10, torch.device("cpu"))
+        self.assertEqual({k: tuple(v.shape) for k, v in sets.items()},
+                         {"samples": (10, 3, 32, 32), "reconstructions": (10, 3, 32, 32)})
+
+    def test_a_whole_run_with_float64_forbidden_on_the_device(self):
+        # As vae.py's test (Apple GPUs have no float64), through the three routed gradients too.
+        real_build, real_vae_build = vaegan.build_models, vae.build_model
+        with mock.patch.object(vaegan, "build_models", lambda *a: tuple(map(on_device, real_build(*a)))), \
+                mock.patch.object(vae, "build_model", lambda *a: on_device(real_vae_build(*a))):
+            m = _vaegan_run(self.root, "mps_like", "--epochs", "1", "--no-probe")
+        self.assertTrue(math.isfinite(m["test_elbo"]) and math.isfinite(m["d_loss"]))
+
+    def test_killed_run_resumes_exactly(self):
+        # every speed option off here (the tests must pass without them); the run above has them on
+        _vaegan_run(self.root, "straight", "--epochs", "2", "--no-probe", "--no-channels-last")
+        real_save = data.atomic_torch_save
+
+        def save_then_die(obj, path):    # a kill right after the first checkpoint is on disk
+            real_save(obj, path)
+            raise KeyboardInterrupt
+        with mock.patch.object(data, "atomic_torch_save", save_then_die), self.assertRaises(KeyboardInterrupt):
+            _vaegan_run(self.root, "killed", "--epochs", "2", "--no-probe", "--no-channels-last")
+        _vaegan_run(self.root, "killed", "--epochs", "2", "--no-probe", "--no-channels-last", "--resume")
+        a, b = (_vae_load(os.path.join(self.root, d, "checkpoint.pt")) for d in ("straight", "killed"))
+        self.assertEqual((a["epoch"], b["epoch"]), (2, 2))
+        for net in ("model", "D"):
+            for k, v in a[net].items():
+                self.assertTrue(torch.equal(v, b[net][k]), f"{net}.{k}")
+        for opt in ("opt_vae", "opt_d"):
+            for i, st in a[opt]["state"].items():
+                for k in ("exp_avg", "exp_avg_sq"):
+                    self.assertTrue(torch.equal(st[k], b[opt]["state"][i][k]), f"{opt} {i} {k}")
+        no_times = lambda h: [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in h["epochs"]]
+        self.assertEqual(no_times(a["metrics"]), no_times(b["metrics"]))
+        # a checkpoint made with another gamma is refused in one line
+        code, err = cli_exit(vaegan.main, _VAEGAN_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
+                                                          os.path.join(self.root, "killed"), "--resume",
+                                                          "--gamma", "1", "--no-probe"])
+        self.assertEqual((code, err.count("\n")), (2, 1))
+        self.assertIn("gamma", err)
+
+    def test_nan_stops_and_keeps_last_good_checkpoint(self):
+        real, calls = vaegan.feature_error, [0]
+
+        def nan_at_step_3(a, b):   # 2 steps per epoch: call 3 is epoch 2, step 1
+            calls[0] += 1
+            return real(a, b) * (float("nan") if calls[0] == 3 else 1.0)
+        with mock.patch.object(vaegan, "feature_error", nan_at_step_3):
+            code, err = cli_exit(vaegan.main, _VAEGAN_TINY + ["--data-dir", os.path.join(self.root, "data"),
+                                                              "--out", os.path.join(self.root, "nan"),
+                                                              "--epochs", "3", "--no-probe"])
+        self.assertEqual((code, err.count("\n")), (2, 1))
+        self.assertIn("epoch 2, step 1 of 2", err)
+        self.assertIn("last good checkpoint kept", err)
+        ck = _vae_load(os.path.join(self.root, "nan", "checkpoint.pt"))
+        self.assertEqual(ck["epoch"], 1)
+        self.assertTrue(all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point()))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "nan", "metrics.json")))
+
+    def test_bad_flags_one_line_exit_2(self):
+        # the shared flags are TestRunPlumbing's; these are vaegan.py's own
+        base = ["--data-dir", os.path.join(self.root, "data"), "--no-download", "--no-probe",
+                "--out", os.path.join(self.root, "bad")]
+        for extra in (["--gamma", "-1"], ["--gamma", "nan"], ["--feature-layer", "4"], ["--lr", "0"],
+                      ["--bench"], ["--gamma", "much"]):
+            code, err = cli_exit(vaegan.main, base + extra)
+            self.assertEqual(code, 2, extra)
+            self.assertTrue(err.startswith("error: ") and err.count("\n") == 1, (extra, err))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "bad")))       # no work started
+        code, err = cli_exit(vaegan.main, base + ["--subset", "200"])
+        self.assertEqual(code, 2)
+        self.assertIn("larger than", err)
 
 
 if __name__ == "__main__":
