@@ -6,10 +6,12 @@
 #   ./reproduce.sh --variants dcgan_mbd --reuse   # one variant more, finished runs reused
 #   ./reproduce.sh --seeds 42 43 44    # every configuration per seed, figures as mean +- std
 #   ./reproduce.sh --quick             # the whole pipeline at toy size (a smoke check)
+#   ./reproduce.sh --reuse --fid-samples 10000   # FID at the literature's N (10k vs the test set)
+#   ./reproduce.sh --variants vaegan vae_beta4 vae_beta025 --reuse   # the VAE's next steps
 #
 # Any other flags go to compare.py (python compare.py --help). Environment:
 #   DATA_DIR  folder with cifar-10-python.tar.gz (default: data; downloaded there if missing)
-#   FID_NET   TorchScript Inception-v3 for FID/KID/precision/recall (default: data/fid_inception.pt).
+#   FID_NET   TorchScript Inception-v3 for FID/KID/IS/precision/recall (default: data/fid_inception.pt).
 #             Nothing is fetched silently: without the file those columns read "not measured".
 #
 # Time on a 2-core CPU: about 30 minutes of training (VAE ~3, DCGAN ~26.5) and ~11 more for the
