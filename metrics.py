@@ -26,6 +26,9 @@ What it does
    (resize_tf1: TF1's bilinear resize to 299 x 299, then (x - 128) / 128), with a feature cache
    that a killed run resumes from. The Inception Score (Salimans et al. 2016) from the same
    features and the file's classifier head, as StyleGAN2-ADA computes it (no head: not measured).
+4. What the training scripts measure with it: their probe figures, the DCGAN's sample diversity
+   (mean pairwise L2) and memorisation (L2 to the nearest training image), and the one --bench
+   harness that times vae.py's and dcgan.py's loops against the pytorch/examples tutorial loops.
 
 Run
 ---
