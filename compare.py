@@ -51,10 +51,11 @@ import vaegan
 
 OUT = "runs/compare"
 SEEDS = [42]                 # the study's seed; --seeds 42 43 44 reports mean +- std
-FID_SAMPLES_CPU = 1000       # Inception-v3 runs at ~6-8 images/s on a 2-core CPU: 4 sets of 1,000
-                             # take ~10 min. That gives KID and precision/recall; FID needs more
-                             # samples than its 2048 feature dimensions (--fid-samples 10000: the
-                             # literature's N, ~1.5 h of Inception time for 4 sets on such a CPU)
+FID_SAMPLES_CPU = 1000       # Inception-v3 runs at 6-11 images/s on the 2-core CPUs here: 5 sets
+                             # of 1,000 (reference, 3 model sets, floor) take 8-14 min. That gives KID
+                             # and precision/recall; FID needs more samples than its 2048 feature
+                             # dimensions (--fid-samples 10000: the literature's N, 50,000 images,
+                             # 1.3-2.3 h of Inception time on such a CPU)
 FID_SAMPLES_GPU = 10000      # the literature's CIFAR-10 convention (all test images) on a GPU
 FID_REFS = {"test": 10000,   # reference set -> its size, the largest N it allows. test: 10k vs the
             "train": 50000}  # 10k test images (DiffAugment, StyleGAN2, StudioGAN tables); train:
