@@ -61,9 +61,9 @@ LR = dcgan.LR            # Adam, 2e-4 with dcgan.BETAS (0.5, 0.999), for all thr
                          # the GAN game, where the VAE's 1e-3 with beta1 0.9 oscillates (Radford et al.)
 GAMMA = 0.01             # weight of L_feat in Dec's loss against its GAN loss (Enc's weight is 1). L_feat
                          # sums 4,096 squared differences (thousands per image early on), the GAN loss is
-                         # a BCE mean, and early in training L_feat's gradient on Dec's weights is two
-                         # orders of magnitude larger (README.md, "The files", has the measurement): 0.01
-                         # makes the two pull on Dec about equally; at 1 the GAN term would barely count
+                         # a BCE mean near 1, so early in training L_feat's gradient on Dec's weights is
+                         # two orders of magnitude larger: 0.01 makes the two pull on Dec comparably; at
+                         # 1 the GAN term would barely count. To be measured against 0.1 and 1 (README)
 FEATURE_LAYER = 3        # Dis_l: D's third (last) conv layer, after its BN and LeakyReLU, (256, 4, 4).
                          # The official code's CIFAR run compares at its D's third conv too (before that
                          # layer's BN). It is D's most abstract layer (the logit is linear in it), so L_feat
