@@ -397,6 +397,28 @@ def train_epoch(G, D, opt_g, opt_d, batches, noise, cfg, first_step, steps, G_em
     return stats.cpu()
 
 
+def stabilisers(cfg):
+    """The start line's list of what this run adds to the study's plain DCGAN, or 'none'."""
+    on = [s for s in ("spectral_norm", "ttur", "minibatch_disc") if cfg[s]]
+    if cfg["loss"] == "wgan-gp":
+        on.append(f"wgan-gp (lambda {cfg['gp_weight']:g}, {cfg['n_critic']} critic steps per G step)")
+    if cfg["diffaugment"]:
+        on.append(f"diffaugment {','.join(cfg['diffaugment'])}")
+    if cfg["ema"]:
+        on.append(f"ema {cfg['ema']:g}")
+    return ", ".join(on) or "none"
+
+
+def restore(ckpt, G, D, G_ema, opt_g, opt_d):
+    """--resume: load a checkpoint's weights and optimiser states in place; return what the loop
+    carries on with: (fixed_noise, history, progress_rows, epoch, train_seconds)."""
+    G.load_state_dict(ckpt["G"]), D.load_state_dict(ckpt["D"])
+    if G_ema is not None:
+        G_ema.load_state_dict(ckpt["G_ema"])
+    opt_g.load_state_dict(ckpt["opt_g"]), opt_d.load_state_dict(ckpt["opt_d"])
+    return ckpt["fixed_noise"], ckpt["history"], list(ckpt["progress_rows"]), ckpt["epoch"], ckpt["train_seconds"]
+
+
 def train(cfg, device):
     """Train (or --resume) the run cfg describes; after every epoch, OUT/checkpoint.pt and
     OUT/history.json. Returns the last checkpoint dict: everything after training reads the run
@@ -414,23 +436,14 @@ def train(cfg, device):
     G_ema = copy.deepcopy(G) if cfg["ema"] else None   # --ema: every picture and figure comes from it
     opt_g, opt_d = optimisers(G, D, cfg)
     fixed_noise, diversity_noise = draw_noise(cfg["seed"])
-    stab = [s for s in ("spectral_norm", "ttur", "minibatch_disc") if cfg[s]]
-    stab += ([f"wgan-gp (lambda {cfg['gp_weight']:g}, {cfg['n_critic']} critic steps per G step)"]
-             if cfg["loss"] == "wgan-gp" else []) + ([f"diffaugment {','.join(cfg['diffaugment'])}"]
-             if cfg["diffaugment"] else []) + ([f"ema {cfg['ema']:g}"] if cfg["ema"] else [])
     print(f"params G {data.count_params(G):,}  D {data.count_params(D):,}  (the study's slides said 1.24M / "
           f"2.76M; see the docstring)\ndevice {device} | {steps} steps/epoch | lr_d {cfg['lr_d']:g} lr_g "
-          f"{cfg['lr_g']:g} | stabilisers: {', '.join(stab) or 'none'} | speed: "
+          f"{cfg['lr_g']:g} | stabilisers: {stabilisers(cfg)} | speed: "
           f"{'channels_last memory format, ' if cfg['channels_last'] else ''}{torch.get_num_threads()} threads")
     history, progress_rows = {"epochs": [], "steps": []}, []   # rows: (8, 3, 32, 32) uint8 per epoch
     start_epoch, train_seconds = 0, 0.0
     if ckpt is not None:
-        G.load_state_dict(ckpt["G"]), D.load_state_dict(ckpt["D"])
-        if G_ema is not None:
-            G_ema.load_state_dict(ckpt["G_ema"])
-        opt_g.load_state_dict(ckpt["opt_g"]), opt_d.load_state_dict(ckpt["opt_d"])
-        fixed_noise, history, progress_rows = ckpt["fixed_noise"], ckpt["history"], list(ckpt["progress_rows"])
-        start_epoch, train_seconds = ckpt["epoch"], ckpt["train_seconds"]
+        fixed_noise, history, progress_rows, start_epoch, train_seconds = restore(ckpt, G, D, G_ema, opt_g, opt_d)
         print(f"resumed from {ckpt_path} at epoch {start_epoch}"
               + (" (already at or past --epochs: nothing left to train)" if start_epoch >= cfg["epochs"] else ""))
 
