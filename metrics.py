@@ -43,7 +43,6 @@ Figures measured with it are in README.md (Results, and 'FID network' for speed)
 Left out on purpose: FID-infinity, perceptual path length, and any download: the network file
 is fetched by a separate script, never silently.
 """
-import argparse
 import dataclasses
 import hashlib
 import io
