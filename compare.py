@@ -7,11 +7,15 @@ representations, which generates better samples, at what cost and how stably?
     python compare.py --variants --seeds 42 43 44          # + beta-VAEs, VAE-GAN, stabilised DCGANs
     python compare.py --variants dcgan_mbd --reuse         # + one variant, finished runs reused
     python compare.py --quick                              # toy size end to end (smoke check)
+    python compare.py --variants --jobs 2                  # two runs at a time, one core each
+    python compare.py --precision bf16                     # bfloat16 training (CUDA, or a CPU with
+                                                           # avx512_bf16), runs in NAME/seedS-bf16
     python compare.py --reuse --fid-net data/fid_inception.pt --fid-samples 10000   # FID at the
                                                            # literature's N (10k vs test)
 
 It trains each configuration by calling vae.main / dcgan.main (a killed training run is resumed,
-a finished one is reused with --reuse), then evaluates every model on the same footing:
+a finished one is reused with --reuse; --jobs N runs N of them at once, each its own process),
+then evaluates every model on the same footing:
   - representation: the linear probes each script measured (metrics.linear_probe on the 10k
     training subset -> the 10,000 test images), beside their baselines: raw pixels, and the same
     features at random initialisation. Linear probes reward dimension, so each size is shown.
@@ -33,8 +37,12 @@ Left out on purpose: perceptual path length, and any download: the FID network f
 by a separate script, never silently.
 """
 import argparse
+import concurrent.futures
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -98,17 +106,24 @@ def selected_models(variants, base=tuple(MODELS)):
 # ----------------------------------------------------------------------------------------------
 # Training (or reusing) one configuration
 
-def run_one(name, script, flags, seed, args):
-    """Train one configuration into OUT/name/seedS (resuming a killed run) and return its
-    metrics.json as a dict. With --reuse, a run that already has metrics.json is not retrained."""
-    run_dir = os.path.join(args.out, name, f"seed{seed}")
+def run_folder(args, name, seed):
+    """OUT/name/seedS; a --precision bf16 run in OUT/name/seedS-bf16, so it never passes for an fp32 one."""
+    return os.path.join(args.out, name, f"seed{seed}" + ("" if args.precision == "fp32" else f"-{args.precision}"))
+
+
+def plan_run(name, flags, seed, args):
+    """The argv that trains one configuration into its folder (with --resume if a killed run left
+    a checkpoint), or None where --reuse finds it finished (metrics.json)."""
+    run_dir = run_folder(args, name, seed)
     mpath = os.path.join(run_dir, "metrics.json")
     if args.reuse and os.path.exists(mpath):
         print(f"[{name} seed {seed}] reusing {run_dir}")
-        with open(mpath) as f:
-            return json.load(f)
-    argv = flags + ["--seed", str(seed), "--out", run_dir, "--data-dir", args.data_dir,
-                    "--device", args.device]
+        return None
+    argv = flags + ["--seed", str(seed), "--out", run_dir, "--data-dir", args.data_dir, "--device", args.device]
+    if args.precision != "fp32":
+        argv += ["--precision", args.precision]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
     if args.no_download:
         argv.append("--no-download")
     if args.quick:
@@ -117,10 +132,47 @@ def run_one(name, script, flags, seed, args):
         argv.append("--resume")  # a killed run continues where its last checkpoint left it
     elif os.path.exists(mpath):
         os.remove(mpath)  # retraining: never leave an old result beside a new checkpoint
-    print(f"[{name} seed {seed}] python {script.__name__}.py {' '.join(argv)}")
-    script.main(argv)
-    with open(mpath) as f:
-        return json.load(f)
+    return argv
+
+
+def train_grid(grid, args):
+    """grid: [(name, script, flags, seed)]. Train what --reuse does not find finished, then return
+    each configuration's metrics.json, in grid order. --jobs 1: one run after another in this
+    process (script.main). --jobs N: up to N runs at once, each its own process, every output line
+    prefixed with its run; a failed run is reported by name, the others go on, and the grid stops
+    after them with one line naming the failures (rerun with --reuse: finished runs are kept)."""
+    todo = [(f"[{name} seed {seed}]", script, argv) for name, script, flags, seed in grid
+            if (argv := plan_run(name, flags, seed, args)) is not None]
+    if args.jobs == 1:
+        for tag, script, argv in todo:
+            print(f"{tag} python {script.__name__}.py {' '.join(argv)}")
+            script.main(argv)
+    elif todo:
+        lock = threading.Lock()
+        print(f"training {len(todo)} runs, up to {args.jobs} at a time, {args.threads} CPU threads each")
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            ended = list(pool.map(lambda job: run_process(*job, lock), todo))
+        failed = [f"{tag} exit {code}: {last}" for (tag, _, _), (code, last) in zip(todo, ended) if code]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The other runs "
+                               "finished; fix the cause and rerun with --reuse")
+    paths = [os.path.join(run_folder(args, name, seed), "metrics.json") for name, _, _, seed in grid]
+    return [json.load(open(p)) for p in paths]
+
+
+def run_process(tag, script, argv, lock):
+    """Train one run as `python script.py argv` (a process of its own: --jobs), its output lines
+    printed with tag as they come. -> (exit status, its last non-empty line)."""
+    with lock:
+        print(f"{tag} python {script.__name__}.py {' '.join(argv)}", flush=True)
+    cmd = [sys.executable, "-u", script.__file__, *argv]
+    last = ""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            last = line.strip() or last
+            with lock:
+                print(f"{tag} {line.rstrip()}", flush=True)
+    return proc.returncode, last
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +258,7 @@ def score_run(name, kind, seed, net, ref_x, real_f, proto, args, device):
     or DCGAN samples. With --reuse, scores saved with the same protocol and checkpoint are read
     back. Features of each set are cached beside the run (md5 of the images checked), so a killed
     10,000-image set continues where it stopped."""
-    run_dir = os.path.join(args.out, name, f"seed{seed}")
+    run_dir = run_folder(args, name, seed)
     suffix = f"{proto['ref']}{proto['n']}" + ("" if proto["fid_precision"] == "fp32" else "_" + proto["fid_precision"])
     key = dict(proto, checkpoint=data.file_md5(os.path.join(run_dir, "checkpoint.pt")))
     kinds = ["samples", "reconstructions"] if kind in AUTOENCODERS else ["samples"]
@@ -242,7 +294,7 @@ def score_samples(models, args, device):
     net = metrics.load_fid_net(args.fid_net, device)
     proto = dict(n=n, ref=args.fid_ref, net=net.tag, preprocess=metrics.PREPROCESS, fid_precision=args.fid_precision)
     info.update(proto, has_is_head=net.head is not None)
-    if args.fid_precision == "bf16" and not metrics.native_bf16(device):
+    if args.fid_precision == "bf16" and not data.native_bf16(device):
         print(f"note: {device} has no native bfloat16: bf16 Inception features are emulated (slower than fp32)")
     ref_x, floor_x, info["floor_what"] = real_sets(args, n, models)
     tail = f"{n}-{EVAL_SEED}-{net.tag}-{metrics.PREPROCESS}-{args.fid_precision}.npz"
@@ -293,7 +345,8 @@ def build_tables(results, args):
     nseeds = len(args.seeds)
     head = (f"Seeds: {', '.join(map(str, args.seeds))}"
             + (" (figures are mean +- std over seeds)" if nseeds > 1 else "") + ". "
-            f"Device: {env['device']}; torch {env['torch']}; machine: {env['machine']}.")
+            f"Training precision: {args.precision}. Device: {env['device']}; torch {env['torch']}; "
+            f"machine: {env['machine']}.")
     return "\n".join([head, ""] + probe_table(models) + [""] + samples_table(models, results["samples"])
                      + [""] + cost_table(models))
 
@@ -398,9 +451,9 @@ def pictures_md(args):
              ("dcgan", "curves.png", "DCGAN training curves")]
     cells = []
     for name, fname, caption in shown:
-        src = os.path.join(args.out, name, f"seed{seed}", fname)
+        src = os.path.join(run_folder(args, name, seed), fname)
         if os.path.exists(src):
-            cells.append(f"**{caption}**<br>![{caption}]({name}/seed{seed}/{fname})")
+            cells.append(f"**{caption}**<br>![{caption}]({os.path.relpath(src, args.out)})")
     for i in range(0, len(cells), 2):  # two pictures per table row
         pair = cells[i:i + 2] + [""] * (2 - len(cells[i:i + 2]))
         if i == 0:
@@ -448,6 +501,14 @@ def parse_args(argv=None):
                    help="Inception forward pass: fp32 (default; every published figure) or bf16 autocast, "
                         "faster on a GPU or a CPU with native bfloat16 (1.6x measured here); README.md, 'FID network', "
                         "says what it changes")
+    p.add_argument("--precision", choices=list(data.PRECISIONS), default="fp32",
+                   help="training arithmetic of every run: fp32 (default) or bf16 autocast (fast on CUDA and "
+                        "on CPUs with avx512_bf16/amx_bf16); bf16 runs live in OUT/NAME/seedS-bf16")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train up to this many runs at once, each its own process (default 1: one after "
+                        "another, in this process); same numbers as one after another at the same --threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of each run (default: torch's own with --jobs 1, else cores / --jobs)")
     p.add_argument("--quick", action="store_true",
                    help=f"toy size: {QUICK['epochs']} epoch, {QUICK['subset']} training images, "
                         f"{QUICK['fid_samples']} images for KID (FID needs more), for smoke checks")
@@ -455,6 +516,12 @@ def parse_args(argv=None):
     unknown = sorted(set(args.variants or []) - set(VARIANTS))
     if unknown:
         p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is None:   # 0: the runs' own default (torch's: one thread per core)
+        args.threads = 0 if args.jobs == 1 else max(1, (os.cpu_count() or 1) // args.jobs)
     if any(s < 0 for s in args.seeds):
         p.error("--seeds must be non-negative integers")
     top = FID_REFS[args.fid_ref]
@@ -484,11 +551,11 @@ def main(argv=None):
     chosen = selected_models(args.variants, args.models)
     print(f"compare: {', '.join(chosen)} x seeds {args.seeds} on {device}")
 
-    # 1. Train (or reuse) every configuration.
+    # 1. Train (or reuse) every configuration: one after another, or --jobs at once.
     models = {name: {"kind": script.__name__, "runs": [], "scores": {}} for name, (script, _) in chosen.items()}
-    for seed in args.seeds:
-        for name, (script, flags) in chosen.items():
-            models[name]["runs"].append(run_one(name, script, flags, seed, args))
+    grid = [(name, script, flags, seed) for seed in args.seeds for name, (script, flags) in chosen.items()]
+    for (name, _, _, _), run in zip(grid, train_grid(grid, args)):
+        models[name]["runs"].append(run)
 
     # 2. Sample quality in Inception features, every model against the same real images.
     samples = score_samples(models, args, device)

@@ -32,6 +32,7 @@ the bitmap font and the line chart below are a few dozen lines each and have no 
 The synthetic archives the tests load are written by test_all.py, not here.
 """
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -423,8 +424,11 @@ class Batches:
 # ----------------------------------------------------------------------------------------------
 # Runs: what vae.py and dcgan.py share, written once so the two scripts cannot drift apart
 
+PRECISIONS = ("fp32", "bf16")   # --precision of training (and metrics.py's of the Inception network)
+
+
 def add_run_flags(p, epochs, subset, batch_size, seed, out):
-    """Declare the 14 flags both training scripts take; the defaults come from each script's
+    """Declare the 16 flags both training scripts take; the defaults come from each script's
     settings block. check_run_flags validates them."""
     p.add_argument("--epochs", type=int, default=epochs, help="total epochs (with --resume: the new total)")
     p.add_argument("--subset", type=int, default=subset,
@@ -439,6 +443,13 @@ def add_run_flags(p, epochs, subset, batch_size, seed, out):
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC memory format for the convolutions: oneDNN's fast path on CPUs (printed at "
                    "start; numbers differ from --no-channels-last only by float rounding)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="training arithmetic: fp32, or bf16 = bfloat16 autocast around the forward passes "
+                   "(convolutions and matmuls in bf16; losses, BN statistics, weights and Adam in float32). "
+                   "Fast on CUDA and on CPUs with avx512_bf16/amx_bf16, emulated (slower) elsewhere; "
+                   "evaluation and pictures always run in float32")
+    p.add_argument("--tf32", action="store_true", help="CUDA only: float32 matmuls and convolutions in TF32 "
+                   "(faster on Ampere and later, different numbers; off by default)")
     p.add_argument("--out", default=out, help="folder for every output")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--data-dir", default="data", help="folder holding cifar-10-python.tar.gz")
@@ -464,7 +475,11 @@ def check_run_flags(a):
         raise ValueError(f"--width must be in (0, 16], got {a.width}")
     if a.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {a.threads}")
-    pick_device(a.device)  # raises ValueError on a bad or unavailable device
+    device = pick_device(a.device)  # raises ValueError on a bad or unavailable device
+    if a.tf32 and device.type != "cuda":
+        raise ValueError(f"--tf32 applies to CUDA GPUs only; this run's device is {device.type}")
+    if a.precision == "bf16" and device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--precision bf16 runs on CUDA or the CPU; on {device.type} use fp32")
     try:  # an unwritable --out should fail now, not after the first epoch
         os.makedirs(a.out, exist_ok=True)
         probe = os.path.join(a.out, ".write_test.tmp")
@@ -488,7 +503,41 @@ def setup_run(cfg):
     if device.type == "cuda":  # same seed + device -> same numbers (cuDNN picks kernels by timing)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+        # TF32 rounds float32 matmul inputs to 10 mantissa bits: off unless asked (PyTorch leaves
+        # it on for cuDNN convolutions by default, which would change an fp32 run's numbers)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.get("tf32"))
+    if cfg.get("precision") == "bf16":
+        print("precision bf16: " + ("bfloat16 autocast, native on this device" if native_bf16(device) else
+              "bfloat16 is EMULATED on this CPU (no avx512_bf16 or amx_bf16): slower than fp32, "
+              "use it here only to test"))
     return device
+
+
+def native_bf16(device):
+    """True where bfloat16 matmuls run in hardware: CUDA GPUs (Ampere and later) and CPUs with
+    AVX512-BF16 or AMX (Linux /proc/cpuinfo flags). Elsewhere bf16 is emulated, and slower."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast(cfg, device):
+    """--precision as a context to wrap a training step's forward passes in: bfloat16 autocast
+    (convolutions, matmuls and Linear layers in bf16; weights, their gradients and Adam's state stay
+    float32, and so do BatchNorm's running statistics) or, for fp32, a context that does nothing.
+    Losses are computed on .float() outputs, and backward runs outside the context, as PyTorch's
+    autocast guide asks. A function, so each step opens a fresh context."""
+    if cfg.get("precision", "fp32") != "bf16":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def resume_checkpoint(cfg, same_keys, defaults=None):

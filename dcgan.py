@@ -37,11 +37,12 @@ the very weights of an uninterrupted one. Measured results: README.md, "Results"
 
 Left out on purpose: FID / Inception Score (need a pretrained network; compare.py's business),
 label smoothing, feature matching and the other Salimans et al. tricks the study does not use,
-and mixed precision (float32 throughout).
+and float16 with loss scaling (--precision bf16 needs no scaling: bfloat16 has float32's range).
 """
 import argparse
-import json
+import contextlib
 import copy
+import json
 import math
 import os
 import time
@@ -83,9 +84,10 @@ FEATURE_BATCH = 500      # images per forward pass when generating or extracting
 # --epochs, --device and --channels-last may change (a resume is bit-exact only on the same device
 # with the same --channels-last: both change the order of floating-point sums).
 RESUME_KEYS = ("subset", "batch_size", "seed", "width", "spectral_norm", "minibatch_disc", "lr_d", "lr_g",
-               "loss", "n_critic", "gp_weight", "diffaugment", "ema")
+               "loss", "n_critic", "gp_weight", "diffaugment", "ema", "precision")
 # What a config saved before a setting existed meant by it (checkpoints of older runs still load)
-DEFAULTS = dict(loss="bce", n_critic=1, gp_weight=GP_WEIGHT, diffaugment=[], ema=0.0, betas=list(BETAS))
+DEFAULTS = dict(loss="bce", n_critic=1, gp_weight=GP_WEIGHT, diffaugment=[], ema=0.0, betas=list(BETAS),
+                precision="fp32")
 
 
 # ==== Model ===================================================================================
@@ -254,13 +256,16 @@ def g_loss_fn(logit_fake):
 
 # WGAN-GP (Gulrajani et al. 2017, algorithm 1): the critic's score is unbounded (no sigmoid);
 # the critic minimises E[D(G(z))] - E[D(x)] + lambda * penalty, the generator -E[D(G(z))].
-def gradient_penalty(D, real, fake, alpha):
+def gradient_penalty(D, real, fake, alpha, amp=contextlib.nullcontext):
     """E[(||grad_xhat D(xhat)||_2 - 1)^2] at xhat = alpha x + (1 - alpha) G(z), alpha (B, 1, 1, 1)
     ~ U[0, 1] per sample, the mean over the batch. The norm is over each sample's WHOLE flattened
     gradient (3 x 32 x 32 values), not over one axis (a common bug). create_graph: the penalty's
-    own gradient must reach D's weights. fake comes in detached: the penalty never moves G."""
+    own gradient must reach D's weights. fake comes in detached: the penalty never moves G. amp:
+    train_step's; D's forward under it, the gradient taken outside (float32, like xhat)."""
     xhat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    grad, = torch.autograd.grad(D(xhat).sum(), xhat, create_graph=True)   # (B, 3, 32, 32)
+    with amp():
+        score = D(xhat).float().sum()
+    grad, = torch.autograd.grad(score, xhat, create_graph=True)   # (B, 3, 32, 32)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
@@ -312,26 +317,28 @@ def ema_update(G_ema, G, decay):
 
 
 # ==== One training step =======================================================================
-def train_step(G, D, opt_g, opt_d, x, z, wgan=None, update_g=True, augment=None):
+def train_step(G, D, opt_g, opt_d, x, z, wgan=None, update_g=True, augment=None, amp=contextlib.nullcontext):
     """One iteration of the GAN game on a real batch x and noise z. Returns detached
     (d_loss, g_loss, D(x), D(G(z))) as one tensor, with no .item(): no sync on a GPU.
     wgan: None for the BCE game; for WGAN-GP, (gp_weight, alpha (B, 1, 1, 1)). update_g=False
     (the critic-only steps between G steps, --n-critic) skips step (2). augment: DiffAugment's
-    transform (a fresh draw per call), applied to every batch D sees."""
+    transform (a fresh draw per call), applied to every batch D sees. amp: data.autocast's context
+    around every forward pass (--precision bf16); losses from float32 outputs, backward outside it."""
     aug = augment or (lambda t: t)
-    with torch.set_grad_enabled(update_g):        # a critic-only step needs no graph through G
-        fake = G(z)                               # (B, 3, 32, 32); one G forward serves both steps
+    with torch.set_grad_enabled(update_g), amp():  # a critic-only step needs no graph through G
+        fake = G(z).float()                       # (B, 3, 32, 32); one G forward serves both steps
 
     # (1) Update D: maximise log D(x) + log(1 - D(G(z)))   [minimise d_loss]
     #     or, for WGAN-GP, the critic: maximise E[D(x)] - E[D(G(z))] under the gradient penalty
     real_in, fake_in = aug(x), aug(fake.detach())  # detach: this step must not move G
-    logit_real = D(real_in)                       # (B,)
-    logit_fake = D(fake_in)
+    with amp():
+        logit_real = D(real_in).float()           # (B,)
+        logit_fake = D(fake_in).float()
     if wgan is None:
         d_loss = d_loss_fn(logit_real, logit_fake)
     else:
         gp_weight, alpha = wgan
-        d_loss = logit_fake.mean() - logit_real.mean() + gp_weight * gradient_penalty(D, real_in, fake_in, alpha)
+        d_loss = logit_fake.mean() - logit_real.mean() + gp_weight * gradient_penalty(D, real_in, fake_in, alpha, amp)
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()
@@ -342,7 +349,9 @@ def train_step(G, D, opt_g, opt_d, x, z, wgan=None, update_g=True, augment=None)
     g_loss_of = g_loss_fn if wgan is None else (lambda s: -s.mean())
     if update_g:
         D.requires_grad_(False)
-        g_loss = g_loss_of(D(aug(fake)))          # the D just updated, as in Goodfellow et al.
+        with amp():
+            logit = D(aug(fake)).float()          # the D just updated, as in Goodfellow et al.
+        g_loss = g_loss_of(logit)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -379,13 +388,14 @@ def train_epoch(G, D, opt_g, opt_d, batches, noise, cfg, first_step, steps, G_em
     device = next(G.parameters()).device
     stats = torch.zeros(steps, 4, device=device)
     n, n_critic, wgan = cfg["log_every"], setting(cfg, "n_critic"), setting(cfg, "loss") == "wgan-gp"
+    amp = data.autocast(cfg, device)
     for i, (x, _) in enumerate(batches):
         z = torch.randn(x.shape[0], Z_DIM, generator=noise).to(device)   # (B, 100)
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)           # same values, NHWC
         penalty = (cfg["gp_weight"], torch.rand(x.shape[0], 1, 1, 1, generator=noise).to(device)) if wgan else None
         update_g = (i + 1) % n_critic == 0
-        stats[i] = train_step(G, D, opt_g, opt_d, x, z, penalty, update_g, augment)
+        stats[i] = train_step(G, D, opt_g, opt_d, x, z, penalty, update_g, augment, amp)
         if update_g and G_ema is not None:
             ema_update(G_ema, G, cfg["ema"])
         if n and (i + 1) % n == 0:                                       # logging step: sync here
@@ -607,7 +617,7 @@ def save_outputs(cfg, ckpt, figures, device, t_start):
         d_x=last["d_x"], d_g_z=last["d_g_z"], diversity=last["diversity"], **figures,
         epochs=len(epochs), train_seconds=train_seconds, run_seconds=time.perf_counter() - t_start,
         seconds_per_epoch=train_seconds / len(epochs), device=str(device),
-        torch=torch.__version__, seed=cfg["seed"], config=cfg,
+        torch=torch.__version__, seed=cfg["seed"], precision=cfg["precision"], config=cfg,
         units="losses: BCE averaged over the batch (d_loss sums its real and fake halves); "
               "seconds: wall clock (train: training steps only; run: this call, resumed epochs not included); "
               "distances: L2 over 3072 pixels scaled to [-1, 1]; diversity: generated / real mean pairwise L2; "
@@ -629,11 +639,13 @@ def bench_step(cfg, device, tutorial):
     if tutorial:
         return lambda x: metrics.tutorial_gan_step(G, D, opt_g, opt_d, x, device)
     noise = torch.Generator().manual_seed(data.noise_seed(cfg["seed"], "gan_z"))
+    amp = data.autocast(cfg, device)                          # --precision bf16 is timed too
 
     def step(x):
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
-        return train_step(G, D, opt_g, opt_d, x, torch.randn(x.shape[0], Z_DIM, generator=noise).to(device))
+        z = torch.randn(x.shape[0], Z_DIM, generator=noise).to(device)
+        return train_step(G, D, opt_g, opt_d, x, z, None, True, None, amp)
     return step
 
 

@@ -79,7 +79,7 @@ FID_DIM = 2048             # pool3 feature size
 PREPROCESS = "tf1-resize"  # names the image -> network-input path (resize_tf1, (x - 128) / 128);
                            # part of every feature cache, so features made before this path was
                            # the reference one ("interpolate", until issue 9) are never reused
-PRECISIONS = ("fp32", "bf16")  # Inception forward pass: float32 (every published figure), or
+PRECISIONS = data.PRECISIONS  # Inception forward pass: float32 (every published figure), or
                            # bfloat16 autocast (1.6x faster measured on a 2-core CPU with avx512_bf16)
 PARTIAL_EVERY = 1000       # a set's features so far are saved every this many images (resume)
 IS_CLASSES = 1008          # the reference network's classifier: 1008 outputs (1000 ImageNet
@@ -604,22 +604,6 @@ def resize_tf1(x, size=FID_SIZE):
                                            align_corners=False)         # (B, size, size, 2)
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
                                            align_corners=False)
-
-
-def native_bf16(device):
-    """True where bfloat16 matmuls run in hardware: CUDA GPUs (Ampere and later) and CPUs with
-    AVX512-BF16 or AMX (Linux /proc/cpuinfo flags). Elsewhere bf16 is emulated, and slower."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def inception_features(net, images_uint8, device="cpu", batch_size=50, precision="fp32",

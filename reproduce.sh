@@ -8,6 +8,8 @@
 #   ./reproduce.sh --quick             # the whole pipeline at toy size (a smoke check)
 #   ./reproduce.sh --reuse --fid-samples 10000   # FID at the literature's N (10k vs the test set)
 #   ./reproduce.sh --variants vaegan vae_beta4 vae_beta025 --reuse   # the VAE's next steps
+#   ./reproduce.sh --precision bf16    # bfloat16 training: faster on a GPU or a CPU with avx512_bf16
+#   ./reproduce.sh --variants --seeds 42 43 44 --jobs 4   # the grid, 4 runs at a time (a GPU, many cores)
 #
 # Any other flags go to compare.py (python compare.py --help). Environment:
 #   DATA_DIR  folder with cifar-10-python.tar.gz (default: data; downloaded there if missing)

@@ -513,7 +513,7 @@ class TestRunPlumbing(unittest.TestCase):
                              (script.EPOCHS, 10_000, 128, 42, 1.0, 0, True))
         for bad in (["--epochs", "0"], ["--subset", "15"], ["--batch-size", "1"], ["--batch-size", "20"],
                     ["--seed", "-1"], ["--seed", str(2**31)], ["--width", "0"], ["--threads", "-1"],
-                    ["--device", "tpu"], ["--resume"]):
+                    ["--device", "tpu"], ["--resume"], ["--precision", "fp16"], ["--tf32"]):
             argv = out + ["--subset", "10"] + bad
             errors = []
             for script in (vae, dcgan, vaegan):
@@ -552,6 +552,67 @@ def _vae_run(root, out, *extra, probe=False):
 
 def _vae_load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class TestMixedPrecision(OneThread):
+    """--precision bf16: what runs in bfloat16 inside a training step, and what stays float32."""
+
+    def conv_dtypes(self, model):
+        """Record the output dtype of every conv layer's forward: {dtype, ...} after the step."""
+        seen = set()
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype))
+        return seen
+
+    def check_float32_state(self, nets, opts):
+        for net in nets:
+            for name, t in list(net.named_parameters()) + list(net.named_buffers()):
+                if t.dtype.is_floating_point:
+                    self.assertEqual(t.dtype, torch.float32, name)          # weights, BN statistics
+            for name, p in net.named_parameters():
+                self.assertEqual(p.grad.dtype, torch.float32, name)
+        for opt in opts:
+            for st in opt.state.values():
+                self.assertEqual((st["exp_avg"].dtype, st["exp_avg_sq"].dtype), (torch.float32,) * 2)
+
+    def test_fp32_is_a_context_that_does_nothing(self):
+        self.assertIs(data.autocast({"precision": "fp32"}, torch.device("cpu")), contextlib.nullcontext)
+        self.assertIs(data.autocast({}, torch.device("cpu")), contextlib.nullcontext)   # older configs
+
+    def test_vae_step_convolves_in_bf16_and_keeps_float32_state(self):
+        model = vae.build_model(dict(seed=0, width=0.25, channels_last=False))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x = torch.rand(4, 3, 32, 32) * 2 - 1
+        eps = torch.randn(4, model.latent_dim)
+        seen = self.conv_dtypes(model)
+        out = vae.train_step(model, opt, x, eps, 1.0, data.autocast({"precision": "bf16"}, torch.device("cpu")))
+        self.assertEqual(seen, {torch.bfloat16})
+        self.assertEqual(out.dtype, torch.float32)                           # losses in float32
+        self.assertTrue(torch.isfinite(out).all())
+        self.check_float32_state([model], [opt])
+
+    def test_dcgan_wgan_step_convolves_in_bf16_and_keeps_float32_state(self):
+        cfg = _dcgan_cfg(loss="wgan-gp", width=0.25, lr_g=1e-4, lr_d=1e-4)
+        G, D = dcgan.build_models(cfg)
+        opt_g, opt_d = dcgan.optimisers(G, D, cfg)
+        seen_g, seen_d = self.conv_dtypes(G), self.conv_dtypes(D)
+        amp = data.autocast({"precision": "bf16"}, torch.device("cpu"))
+        x, z = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, dcgan.Z_DIM)
+        out = dcgan.train_step(G, D, opt_g, opt_d, x, z, (10.0, torch.rand(4, 1, 1, 1)), True, None, amp)
+        self.assertEqual((seen_g, seen_d), ({torch.bfloat16}, {torch.bfloat16}))
+        self.assertEqual(out.dtype, torch.float32)
+        self.assertTrue(torch.isfinite(out).all())
+        self.check_float32_state([G, D], [opt_g, opt_d])
+
+    def test_emulated_bf16_is_said_at_start(self):
+        cfg = dict(device="cpu", threads=0, precision="bf16")
+        for native, text in ((False, "EMULATED"), (True, "native")):
+            out = io.StringIO()
+            with mock.patch.object(data, "native_bf16", lambda device: native), contextlib.redirect_stdout(out):
+                data.setup_run(cfg)
+            self.assertIn(text, out.getvalue())
+            self.assertEqual(out.getvalue().count("\n"), 1)
 
 
 class TestVAELoss(unittest.TestCase):
@@ -689,6 +750,24 @@ class TestVAERun(OneThread):
         _vae_run(self.root, "resumed", "--epochs", "1", "--no-channels-last")
         _vae_run(self.root, "resumed", "--epochs", "2", "--resume", "--no-channels-last")
         self._assert_same_run("straight", "resumed")
+
+    def test_bf16_run_resumes_exactly_and_keeps_its_precision(self):
+        m = _vae_run(self.root, "bf_straight", "--epochs", "2", "--precision", "bf16")
+        _vae_run(self.root, "bf_resumed", "--epochs", "1", "--precision", "bf16")
+        _vae_run(self.root, "bf_resumed", "--epochs", "2", "--resume", "--precision", "bf16")
+        self._assert_same_run("bf_straight", "bf_resumed")
+        self.assertEqual((m["precision"], m["config"]["precision"]), ("bf16", "bf16"))
+        f32 = _vae_run(self.root, "bf_fp32", "--epochs", "2")
+        self.assertNotEqual(m["test_elbo"], f32["test_elbo"])          # autocast really changed the sums
+        self.assertLess(abs(m["test_elbo"] - f32["test_elbo"]), 0.05 * f32["test_elbo"])
+        code, err = cli_exit(vae.main, _VAE_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
+                                                    os.path.join(self.root, "bf_fp32"), "--resume", "--epochs", "3"])
+        self.assertEqual(code, 0, err)                                  # fp32 resumes as fp32 ...
+        code, err = cli_exit(vae.main, _VAE_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
+                                                    os.path.join(self.root, "bf_fp32"), "--resume", "--epochs", "4",
+                                                    "--precision", "bf16"])
+        self.assertEqual(code, 2)                                       # ... but never as bf16
+        self.assertIn("precision=fp32", err)
 
     def test_killed_cyclical_run_resumes_exactly(self):
         cyc = ("--epochs", "2", "--beta-schedule", "cyclical", "--cycles", "3")
@@ -1100,12 +1179,25 @@ class TestDcganRun(OneThread):
         self.assertTrue(all(torch.equal(v, a["G_ema"][k]) for k, v in G.state_dict().items()))
         self.assertEqual(m["config"]["diffaugment"], ["color", "translation", "cutout"])
 
+    def test_bf16_run_resumes_exactly(self):
+        extra = ("--no-probe", "--precision", "bf16", "--loss", "wgan-gp", "--n-critic", "2")
+        m = _dcgan_run(self.argv("bf_straight", *extra))
+        _dcgan_run(self.argv("bf_split", *extra, epochs=1))
+        _dcgan_run(self.argv("bf_split", *extra, "--resume"))
+        a, b = (torch.load(os.path.join(self.tmp, d, "checkpoint.pt"), weights_only=False)
+                for d in ("bf_straight", "bf_split"))
+        for net in ("G", "D"):
+            for k, v in a[net].items():
+                self.assertTrue(torch.equal(v, b[net][k]), f"{net}.{k}")
+        self.assertEqual(a["history"]["steps"], b["history"]["steps"])
+        self.assertEqual(m["precision"], "bf16")
+
     def test_old_checkpoints_without_the_new_settings_still_resume(self):
         _dcgan_run(self.argv("old", "--no-probe", epochs=1))
         path = os.path.join(self.tmp, "old", "checkpoint.pt")
         ck = torch.load(path, weights_only=True)
-        for k in ("loss", "n_critic", "gp_weight", "diffaugment", "ema", "betas"):
-            del ck["config"][k]                                          # as saved before issue 11
+        for k in ("loss", "n_critic", "gp_weight", "diffaugment", "ema", "betas", "precision", "tf32"):
+            del ck["config"][k]                                          # as saved before issues 11, 13
         data.atomic_torch_save(ck, path)
         _dcgan_run(self.argv("old", "--no-probe", "--resume"))
         self.assertEqual(torch.load(path, weights_only=True)["epoch"], 2)
@@ -1149,7 +1241,8 @@ class TestDcganRun(OneThread):
                ["--lr-d", "-1"], ["--lr-g", "nan"], ["--device", "tpu"], ["--bogus"], ["--epochs", "abc"],
                ["--log-every", "-2"], ["--batch-size", "200"], ["--seed", "-1"], ["--threads", "-1"],
                ["--n-critic", "0"], ["--gp-weight", "-1"], ["--diffaugment", "color,flip"], ["--ema", "1"],
-               ["--ema", "-0.1"], ["--loss", "hinge"], ["--loss", "wgan-gp", "--minibatch-disc"]]
+               ["--ema", "-0.1"], ["--loss", "hinge"], ["--loss", "wgan-gp", "--minibatch-disc"],
+               ["--precision", "fp16"], ["--tf32"]]
         for extra in bad:
             code, err = cli_exit(dcgan.main, self.argv("bad", *extra))
             self.assertEqual(code, 2, extra)
@@ -1657,6 +1750,44 @@ class TestCompare(OneThread):
                      "![VAE: samples"):
             self.assertIn(text, md)
 
+    def test_jobs_give_the_numbers_of_one_after_another(self):
+        # the class's grid ran in this process on one thread; here each run is its own process
+        out, buf = os.path.join(self.tmp.name, "cmp_jobs"), io.StringIO()
+        argv = ["--quick", "--data-dir", self.root, "--no-download", "--out", out, "--device", "cpu",
+                "--jobs", "2", "--threads", "1"]
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+            res = compare.main(argv)
+        timeless = lambda m: {k: v for k, v in m.items() if "seconds" not in k and k != "config"}
+        for name in ("vae", "dcgan"):
+            a, b = self.results["models"][name]["runs"][0], res["models"][name]["runs"][0]
+            self.assertEqual(timeless(a), timeless(b), name)
+            self.assertEqual(b["config"]["threads"], 1)
+        lines = buf.getvalue().splitlines()
+        for name in ("vae", "dcgan"):                                 # every line says whose it is
+            self.assertTrue(any(l.startswith(f"[{name} seed 42] epoch   1/1") for l in lines), name)
+
+    def test_a_failed_job_is_named_and_the_others_finish(self):
+        out = os.path.join(self.tmp.name, "cmp_fail")
+        os.makedirs(os.path.join(out, "dcgan", "seed42"))
+        with open(os.path.join(out, "dcgan", "seed42", "checkpoint.pt"), "wb") as f:
+            f.write(b"torn")                                             # a killed run's torn file
+        code, err = cli_exit(compare.main, ["--quick", "--data-dir", self.root, "--no-download", "--out", out,
+                                            "--device", "cpu", "--jobs", "2", "--threads", "1"])
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("1 of 2 runs failed: [dcgan seed 42] exit 2", err)
+        self.assertIn("not a readable checkpoint", err)                 # the run's own reason
+        self.assertTrue(os.path.exists(os.path.join(out, "vae", "seed42", "metrics.json")))   # went on
+
+    def test_bf16_runs_have_their_own_folders(self):
+        args = compare.parse_args(["--out", self.out, "--precision", "bf16", "--data-dir", self.root])
+        self.assertEqual(compare.run_folder(args, "vae", 42), os.path.join(self.out, "vae", "seed42-bf16"))
+        argv = compare.plan_run("vae", [], 42, args)
+        self.assertEqual(argv[argv.index("--precision") + 1], "bf16")
+        self.assertEqual(argv[argv.index("--out") + 1], os.path.join(self.out, "vae", "seed42-bf16"))
+        self.assertEqual(compare.parse_args(["--out", self.out, "--jobs", "3"]).threads,
+                         max(1, os.cpu_count() // 3))                   # cores shared between the jobs
+
     def test_floor_excludes_every_training_subset(self):
         args = compare.parse_args(["--data-dir", self.root, "--no-download", "--out", self.out])
         models = {"m": {"runs": [{"config": {"subset": 100, "seed": 42}}, {"config": {"subset": 100, "seed": 43}}]}}
@@ -1736,7 +1867,8 @@ class TestCompare(OneThread):
         for argv in (["--fid-samples", "15"], ["--fid-samples", "20000"], ["--models", "gan"], ["--fid-samples", "60000", "--fid-ref", "train"],
                      ["--seeds", "-1"], ["--fid-net", "/nonexistent.pt"], ["--fid-net", bare], ["--fid-net", small],
                      ["--fid-precision", "fp16"], ["--fid-ref", "val"],
-                     ["--device", "tpu"], ["--variants", "dcgan_sn", "dcgan_bogus"]):
+                     ["--device", "tpu"], ["--variants", "dcgan_sn", "dcgan_bogus"], ["--jobs", "0"],
+                     ["--threads", "0"], ["--precision", "fp16"]):
             code, err = cli_exit(compare.main, argv + ["--out", self.out])
             self.assertEqual(code, 2, argv)
             self.assertEqual(len(err.strip().splitlines()), 1, err)

@@ -31,9 +31,11 @@ metrics.json, latents.npz, reconstructions.png, interpolations.png, samples.png,
 killed run gives the very weights of an uninterrupted one. Measured results: README.md, "Results".
 
 Left out on purpose: the study's perceptual (VGG) loss (needs a pretrained network), a learned
-decoder variance, importance-weighted ELBO bounds, and mixed precision.
+decoder variance, importance-weighted ELBO bounds, and float16 with loss scaling (--precision
+bf16 needs none: bfloat16 has float32's range).
 """
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -72,7 +74,8 @@ N_SAMPLES = 64           # decoded z ~ N(0, I) in samples.png (8 x 8)
 # Settings that define the experiment: --resume refuses a checkpoint made with different ones.
 # --epochs may grow on resume only with the constant schedule: the linear and cyclical ones are
 # laid out over the whole run, so a new total would change the betas already used.
-RESUME_KEYS = ("subset", "batch_size", "lr", "seed", "width", "beta", "beta_schedule", "cycles")
+RESUME_KEYS = ("subset", "batch_size", "lr", "seed", "width", "beta", "beta_schedule", "cycles", "precision")
+DEFAULTS = dict(precision="fp32")   # what a config saved before a setting existed meant by it
 
 
 # ==== Model ===================================================================================
@@ -177,11 +180,14 @@ def beta_at(step, total_steps, beta_max=BETA, schedule=BETA_SCHEDULE, cycles=CYC
 
 
 # ==== One training step =======================================================================
-def train_step(model, optimizer, x, eps, beta):
+def train_step(model, optimizer, x, eps, beta, amp=contextlib.nullcontext):
     """One Adam step on the batch x (B, 3, 32, 32) with the noise eps (B, latent_dim) and KL weight
-    beta. Returns the detached (loss, mse, kl) as one (3,) tensor: no .item(), so no device sync."""
-    x_hat, mu, logvar = model(x, eps)
-    loss, mse, kl = vae_loss(x_hat, x, mu, logvar, beta=beta)
+    beta. amp: data.autocast's context (--precision bf16) around the forward pass; the loss is taken
+    on float32 outputs and the backward pass runs outside it. Returns the detached (loss, mse, kl)
+    as one (3,) tensor: no .item(), so no device sync."""
+    with amp():
+        x_hat, mu, logvar = model(x, eps)
+    loss, mse, kl = vae_loss(x_hat.float(), x, mu.float(), logvar.float(), beta=beta)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -189,7 +195,7 @@ def train_step(model, optimizer, x, eps, beta):
 
 
 # ==== The training loop =======================================================================
-def train_epoch(model, optimizer, batches, betas, noise):
+def train_epoch(model, optimizer, batches, betas, noise, amp=contextlib.nullcontext):
     """train_step over `batches` (any iterable of (x, y), x float (B, 3, 32, 32) on the model's
     device); betas[i] is the KL weight of step i, noise the CPU generator for eps. Returns a
     (steps, 4) CPU tensor of loss, mse, kl and batch size per step, moved off the device once."""
@@ -199,7 +205,7 @@ def train_epoch(model, optimizer, batches, betas, noise):
     for i, (x, _) in enumerate(batches):
         # eps drawn on the CPU from the epoch's generator: the same numbers on every device
         eps = torch.randn(x.shape[0], model.latent_dim, generator=noise).to(device)   # (B, 64)
-        stats.append(train_step(model, optimizer, x, eps, betas[i]))
+        stats.append(train_step(model, optimizer, x, eps, betas[i], amp))
         sizes.append(x.shape[0])
     return torch.cat([torch.stack(stats).cpu(), torch.tensor(sizes, dtype=torch.float32)[:, None]], dim=1)
 
@@ -227,7 +233,7 @@ def train(cfg, device):
     OUT/history.json. Returns the last checkpoint dict: everything after training reads the run
     from it, as compare.py does."""
     ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
-    ckpt = data.resume_checkpoint(cfg, RESUME_KEYS)
+    ckpt = data.resume_checkpoint(cfg, RESUME_KEYS, DEFAULTS)
     if ckpt is not None and ckpt["config"]["epochs"] != cfg["epochs"] and cfg["beta_schedule"] != "constant":
         raise ValueError(f"--resume: checkpoint was made for --epochs {ckpt['config']['epochs']}; the "
                          f"{cfg['beta_schedule']} beta schedule depends on it, so pass the same --epochs")
@@ -260,7 +266,7 @@ def train(cfg, device):
         betas = [beta_at(epoch * steps + i, cfg["epochs"] * steps, cfg["beta"], cfg["beta_schedule"],
                          cfg["cycles"]) for i in range(steps)]
         noise = torch.Generator().manual_seed(data.noise_seed(cfg["seed"], "vae_eps", epoch))
-        stats = train_epoch(model, optimizer, batches.epoch(epoch), betas, noise)
+        stats = train_epoch(model, optimizer, batches.epoch(epoch), betas, noise, data.autocast(cfg, device))
         seconds = time.perf_counter() - t0
         data.check_finite(stats, epoch * steps, steps, cfg["out"], ("loss", "mse", "kl"), "try a lower --lr")
 
@@ -449,7 +455,7 @@ def save_outputs(cfg, ckpt, figures, latents, device, t_start):
         **figures, epochs=len(epochs), train_seconds=train_seconds,
         seconds_per_epoch=train_seconds / len(epochs), total_seconds=total_seconds,
         device=str(device), threads=torch.get_num_threads(), torch=str(torch.__version__), seed=cfg["seed"],
-        config=cfg,
+        precision=cfg["precision"], config=cfg,
         units="elbo = recon + kl at beta 1, per image, mean over the 10,000 test images; recon = squared "
               f"error summed over 3072 values in [-1, 1]; kl = KL(q(z|x) || N(0, I)) summed over {dim} dims; "
               "one z ~ q(z|x) per image (recon_mu: z = mu); probe accuracies in [0, 1]; seconds: wall "
@@ -472,7 +478,7 @@ def bench_step(cfg, device, tutorial):
 
     def step(x):
         eps = torch.randn(x.shape[0], model.latent_dim, generator=noise).to(device)
-        return train_step(model, optimizer, x, eps, cfg["beta"])
+        return train_step(model, optimizer, x, eps, cfg["beta"], data.autocast(cfg, device))
     return step
 
 

@@ -38,6 +38,7 @@ as in dcgan.py); its RMSProp with a decaying rate (Adam here, as in dcgan.py); t
 attribute arithmetic; and --bench (there is no tutorial VAE-GAN loop to time against).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -71,7 +72,7 @@ FEATURE_LAYER = 3        # Dis_l: D's third (last) conv layer, after its BN and 
                          # D's weights grow. 2: (128, 8, 8), closer to pixels; 1: (64, 16, 16)
 EPOCH_TEST = vae.EPOCH_TEST  # test images in each epoch's line (the first 2,000; all 10,000 at the end)
 # Settings that define the experiment: --resume refuses a checkpoint made with different ones.
-RESUME_KEYS = ("subset", "batch_size", "lr", "seed", "width", "gamma", "feature_layer")
+RESUME_KEYS = ("subset", "batch_size", "lr", "seed", "width", "gamma", "feature_layer", "precision")
 
 
 # ==== Model ===================================================================================
@@ -111,20 +112,23 @@ def feature_error(f_rec, f_real):
 
 
 # ==== One training step =======================================================================
-def train_step(model, D, opt_vae, opt_d, x, eps, z_prior, gamma, layer):
+def train_step(model, D, opt_vae, opt_d, x, eps, z_prior, gamma, layer, amp=contextlib.nullcontext):
     """Larsen et al. Algorithm 1 on a real batch x (B, 3, 32, 32): one forward pass, each loss
     differentiated for the parameters it trains only, then all three nets updated at once (the
     same forward serves all three, unlike dcgan.py's alternating steps). eps, z_prior: (B, 64).
+    amp: data.autocast's context (--precision bf16) around the forward pass; losses from float32.
     Returns the detached (kl, feat, d_loss, g_loss, pixel mse, D(x), D(x~), D(x_p)): no .item()."""
     b = x.shape[0]
-    mu, logvar = model.encode(x)                                   # (B, 64) each
-    z = mu + torch.exp(0.5 * logvar) * eps                         # z ~ q(z|x), reparameterised
-    fake = model.decode(torch.cat([z, z_prior]))                   # (2B, 3, 32, 32): x~ then x_p
     # BatchNorm and the three batches: real, reconstructed and prior images go through Dis as ONE
     # batch of 3B (as in the official code's GAN pass), so Dis_l(x) and Dis_l(x~) are normalised
     # with the same statistics (two separate batches would each have their own mean removed, hiding
     # much of any shift that all reconstructions share) and the logits of all three see one normalisation.
-    feats, logits = discriminate(D, torch.cat([x, fake]), layer)   # (3B, F), (3B,)
+    with amp():
+        mu, logvar = model.encode(x)                                   # (B, 64) each
+        z = mu + torch.exp(0.5 * logvar) * eps                         # z ~ q(z|x), reparameterised
+        fake = model.decode(torch.cat([z, z_prior]))                   # (2B, 3, 32, 32): x~ then x_p
+        feats, logits = discriminate(D, torch.cat([x, fake]), layer)   # (3B, F), (3B,)
+    mu, logvar, fake, feats, logits = (t.float() for t in (mu, logvar, fake, feats, logits))
     _, mse, kl = vae.vae_loss(fake[:b], x, mu, logvar)            # mse: pixels, logged, in no loss
     # Dis_l(x) is the target: detached, so no gradient reaches it (D's parameters are not trained by
     # L_feat anyway; this also stops the decoder pulling on it through the shared BN statistics).
@@ -160,11 +164,12 @@ def train_epoch(model, D, opt_vae, opt_d, batches, noise, cfg):
     model.train(), D.train()
     device = next(model.parameters()).device
     rows = []
+    amp = data.autocast(cfg, device)
     for x, _ in batches:
         eps, z_prior = torch.randn(2, x.shape[0], model.latent_dim, generator=noise).to(device).unbind(0)
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)                      # same values, NHWC
-        rows.append(train_step(model, D, opt_vae, opt_d, x, eps, z_prior, cfg["gamma"], cfg["feature_layer"]))
+        rows.append(train_step(model, D, opt_vae, opt_d, x, eps, z_prior, cfg["gamma"], cfg["feature_layer"], amp))
     return torch.stack(rows).cpu()
 
 
@@ -190,7 +195,7 @@ def train(cfg, device):
     """Train (or --resume) the run cfg describes; after every epoch OUT/checkpoint.pt and
     OUT/history.json. Returns the last checkpoint dict, from which everything after training reads."""
     ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
-    ckpt = data.resume_checkpoint(cfg, RESUME_KEYS)             # None without --resume
+    ckpt = data.resume_checkpoint(cfg, RESUME_KEYS, vae.DEFAULTS)   # None without --resume
     print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, _ = data.load_cifar10(cfg["data_dir"], train=False, download=False)
