@@ -310,7 +310,9 @@ def score_samples(models, args, device):
             for k, sc in score_run(name, m["kind"], seed, net, ref_x, real_f, proto, args, device).items():
                 m["scores"].setdefault(k, []).append(sc)
     print(f"Inception features of the floor: {info['floor_what']} ({describe(proto)})")
-    floor_f = metrics.cached_features(net, floor_x, device, os.path.join(cache, f"floor-vs-{args.fid_ref}-{tail}"),
+    # the floor depends on which subsets the runs trained on (their seeds): one cache file per floor
+    floor_name = f"floor-vs-{args.fid_ref}-{metrics.images_md5(floor_x)[:8]}-{tail}"
+    floor_f = metrics.cached_features(net, floor_x, device, os.path.join(cache, floor_name),
                                       precision=args.fid_precision)
     info["floor"] = score_set(real_f, floor_f, net, proto)
     return info
