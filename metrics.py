@@ -850,7 +850,8 @@ def bench(cfg, device, make_step, drop_last):
     DataLoader with its defaults over a float TensorDataset, NCHW models), the same models from
     the same init, batch size and drop_last; with --channels-last also ours without it.
     make_step(cfg, device, tutorial) -> step(x) is the model file's part (its step, or with
-    tutorial the matching tutorial_*_step on its models). Prints the figures,
+    tutorial the matching tutorial_*_step on its models). --precision bf16 runs our loops under
+    bfloat16 autocast; the tutorial's stays float32, as the tutorial is. Prints the figures,
     writes OUT/bench.json (seconds: the fastest of BENCH_ROUNDS epochs) and returns its dict."""
     train_x, train_y = data.load_subset(cfg)
     ours = data.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"], shuffle=True,
@@ -866,11 +867,12 @@ def bench(cfg, device, make_step, drop_last):
     best = {name: min(t) for name, t in times.items()}
     res = dict(subset=cfg["subset"], batch_size=cfg["batch_size"], steps=len(ours), rounds=BENCH_ROUNDS,
                device=str(device), threads=torch.get_num_threads(), channels_last=cfg["channels_last"],
+               precision=cfg.get("precision", "fp32"),
                torch=str(torch.__version__), ours_seconds=best["ours"], tutorial_seconds=best["tutorial"],
                speedup=best["tutorial"] / best["ours"], ours_nchw_seconds=best.get("ours_nchw"),
                all_seconds=times)
     extra = f" | ours without channels_last {best['ours_nchw']:.2f} s" if "ours_nchw" in best else ""
-    print(f"one epoch of {len(ours)} steps: ours {best['ours']:.2f} s | DataLoader tutorial "
+    print(f"one epoch of {len(ours)} steps: ours ({res['precision']}) {best['ours']:.2f} s | DataLoader tutorial "
           f"{best['tutorial']:.2f} s | tutorial / ours = {res['speedup']:.2f}x (fastest of {BENCH_ROUNDS} "
           f"epochs, steps taken in turn){extra}")
     data.write_json(os.path.join(cfg["out"], "bench.json"), res)

@@ -1848,6 +1848,7 @@ class TestCompare(OneThread):
         self.assertEqual(list(chosen), ["vae", "dcgan", "vae_beta4", "vaegan"])
         self.assertEqual((chosen["vae_beta4"], chosen["vaegan"]), ((vae, ["--beta", "4"]), (vaegan, [])))
         self.assertEqual(pick(["--variants", "vae_beta025"])["vae_beta025"], (vae, ["--beta", "0.25"]))
+        self.assertEqual(pick(["--variants", "vaegan_gamma1"])["vaegan_gamma1"], (vaegan, ["--gamma", "1"]))
 
     def test_vaegan_rows_in_the_tables(self):
         run = dict(probe_acc=0.4, random_probe_acc=0.3, probe_dim=64, conv_probe_acc=0.5, random_conv_probe_acc=0.45,
