@@ -16,8 +16,9 @@
 #   FID_NET   TorchScript Inception-v3 for FID/KID/IS/precision/recall (default: data/fid_inception.pt).
 #             Nothing is fetched silently: without the file those columns read "not measured".
 #
-# Time on a 2-core CPU: about 30 minutes of training (VAE ~3, DCGAN ~26.5) and ~11 more for the
-# Inception features of 1,000 images per set; the whole run measured 43m21s (README.md, Results).
+# Time on the 2-core CPUs here (they differ by up to 2x): 15 to 30 minutes of training (VAE 1.5-3,
+# DCGAN 14-26.5) and 8 to 11 more for the Inception features of 1,000 images per set; the whole
+# run measured 43m21s on the slower CPU (README.md, Results).
 set -euo pipefail
 cd "$(dirname "$0")"
 DATA_DIR=${DATA_DIR:-data}
