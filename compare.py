@@ -158,8 +158,11 @@ def train_grid(grid, args):
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The other runs "
                                "finished; fix the cause and rerun with --reuse")
-    paths = [os.path.join(run_folder(args, name, seed), "metrics.json") for name, _, _, seed in grid]
-    return [json.load(open(p)) for p in paths]
+    runs = []
+    for name, _, _, seed in grid:
+        with open(os.path.join(run_folder(args, name, seed), "metrics.json")) as f:
+            runs.append(json.load(f))
+    return runs
 
 
 def run_process(tag, script, argv, lock):
