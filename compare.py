@@ -51,6 +51,7 @@ import torch
 import data
 import dcgan
 import metrics
+import runs
 import vae
 import vaegan
 
@@ -185,7 +186,7 @@ def run_process(tag, script, argv, lock):
 # Samples to score: each model's images for FID/KID/precision/recall, uint8 (N, 3, 32, 32)
 
 def load_checkpoint(run_dir):
-    return data.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"),
+    return runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"),
                                 "train that run again: delete its folder, or drop --reuse")
 
 
@@ -300,7 +301,7 @@ def score_samples(models, args, device):
     net = metrics.load_fid_net(args.fid_net, device)
     proto = dict(n=n, ref=args.fid_ref, net=net.tag, preprocess=metrics.PREPROCESS, fid_precision=args.fid_precision)
     info.update(proto, has_is_head=net.head is not None)
-    if args.fid_precision == "bf16" and not data.native_bf16(device):
+    if args.fid_precision == "bf16" and not runs.native_bf16(device):
         print(f"note: {device} has no native bfloat16: bf16 Inception features are emulated (slower than fp32)")
     ref_x, floor_x, info["floor_what"] = real_sets(args, n, models)
     tail = f"{n}-{EVAL_SEED}-{net.tag}-{metrics.PREPROCESS}-{args.fid_precision}.npz"
@@ -474,7 +475,7 @@ def pictures_md(args):
 # Main
 
 def parse_args(argv=None):
-    p = data.OneLineParser(description=__doc__.split("\n\n")[0].strip(),
+    p = runs.OneLineParser(description=__doc__.split("\n\n")[0].strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=OUT, help=f"where runs and results go (default {OUT})")
     p.add_argument("--data-dir", default="data", help="folder with the CIFAR-10 archive (default data)")
@@ -510,7 +511,7 @@ def parse_args(argv=None):
                    help="Inception forward pass: fp32 (default; every published figure) or bf16 autocast, "
                         "faster on a GPU or a CPU with native bfloat16 (1.6x measured here); README.md, 'FID network', "
                         "says what it changes")
-    p.add_argument("--precision", choices=list(data.PRECISIONS), default="fp32",
+    p.add_argument("--precision", choices=list(runs.PRECISIONS), default="fp32",
                    help="training arithmetic of every run: fp32 (default) or bf16 autocast (fast on CUDA and "
                         "on CPUs with avx512_bf16/amx_bf16); bf16 runs live in OUT/NAME/seedS-bf16")
     p.add_argument("--jobs", type=int, default=1,
@@ -542,7 +543,7 @@ def parse_args(argv=None):
             metrics.load_fid_net(args.fid_net, "cpu")
         except ValueError as e:
             p.error(f"--fid-net: {e}")
-    data.pick_device(args.device)  # a bad --device fails here, before any work
+    runs.pick_device(args.device)  # a bad --device fails here, before any work
     try:
         os.makedirs(args.out, exist_ok=True)
         probe = os.path.join(args.out, ".writable")
@@ -556,7 +557,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.time()
-    device = data.pick_device(args.device)
+    device = runs.pick_device(args.device)
     chosen = selected_models(args.variants, args.models)
     print(f"compare: {', '.join(chosen)} x seeds {args.seeds} on {device}")
 
@@ -587,4 +588,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.cli_main(main)
+    runs.cli_main(main)

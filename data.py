@@ -1,7 +1,6 @@
 """
-data.py -- everything about pixels in and out, and the run plumbing vae.py and dcgan.py share:
-CIFAR-10 from the raw archives, the stratified subset, batches, PNG/PPM images, training-curve
-charts, atomic file writes, and the flags, checks and seeds every training run uses.
+data.py -- pixels in and pictures out: CIFAR-10 from the raw archives, the stratified subset,
+and PNG/PPM images, captioned grids and line charts, every file written atomically.
 
 Run it to check the dataset:
 
@@ -22,21 +21,15 @@ row-major 32 x 32 -- which is exactly a (3, 32, 32) tensor, so no transposes are
 Safety: the python release is pickles, and unpickling can run arbitrary code. `_SafeUnpickler`
 allows only the three numpy names the official files use and refuses everything else.
 
-Runs (used by vae.py and dcgan.py, so the two scripts cannot drift apart): the 14 flags they
-share, declared and validated once (add_run_flags, check_run_flags); device, thread and
-determinism setup; the resume check; the subset; the stop at a non-finite loss; and the seeds of
-every random draw, one function for all of them (noise_seed).
+The run plumbing the training scripts share (flags, seeds, batches, checkpoints) is in runs.py.
 
 What it leaves out on purpose: torchvision, PIL and matplotlib. The PNG encoder (zlib + struct),
 the bitmap font and the line chart below are a few dozen lines each and have no dependencies.
 The synthetic archives the tests load are written by test_all.py, not here.
 """
-import argparse
-import contextlib
 import hashlib
 import io
 import json
-import math
 import os
 import pickle
 import struct
@@ -98,48 +91,6 @@ def write_json(path, obj):
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def atomic_torch_save(obj, path):
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path, hint, config=None, same_keys=(), defaults=None):
-    """Read a checkpoint that atomic_torch_save wrote. weights_only: tensors and plain containers,
-    no code from the file runs. A missing or unreadable file, or (given config) a saved config that
-    differs in any of same_keys, raises ValueError: one line naming the file and `hint`, what to do.
-    defaults: what a key missing from an older checkpoint's config meant (a setting added since)."""
-    if not os.path.exists(path):
-        raise ValueError(f"no checkpoint at {path}; {hint}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torn by hand, not a torch file, or holding objects weights_only refuses
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); {hint}") from None
-    for k in same_keys:
-        saved = ckpt["config"].get(k, (defaults or {}).get(k))
-        if saved != config[k]:
-            raise ValueError(f"{path} was made with {k}={saved}, this run has {config[k]}; "
-                             "pass the same settings")
-    return ckpt
-
-
-def pick_device(name="auto"):
-    """'auto' takes cuda, then mps (Apple GPUs, which the study used), then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: MPS is not available here; use --device cpu")
-    return torch.device(name)
-
-
 def format_seconds(s):
     """1234.5 -> '20m34s': short enough for a progress line."""
     s = int(round(max(s, 0.0)))
@@ -149,29 +100,6 @@ def format_seconds(s):
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag raises ValueError, which cli_main prints as one line (exit 2)
-    instead of argparse's usage block."""
-
-    def error(self, message):
-        raise ValueError(message)
-
-
-def cli_main(main_fn):
-    """Run a script's main(); turn expected failures into one line on stderr and exit status 2."""
-    if hasattr(sys.stdout, "reconfigure"):  # progress lines appear at once under `| tee log` or `> log`
-        sys.stdout.reconfigure(line_buffering=True)
-    try:
-        main_fn()
-    except KeyboardInterrupt:
-        print("error: interrupted (files already written are complete; rerun with --resume "
-              "where the script has it)", file=sys.stderr)
-        sys.exit(2)
-    except (DataError, ValueError, OSError, RuntimeError) as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,179 +303,6 @@ def to_uint8(x):
     return ((x.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
-# Every random draw of a run has its own seed, a pure function of (run seed, purpose, epoch), so a
-# resumed run redraws exactly what an uninterrupted one would, with no generator state to save.
-# The offsets keep the purposes apart (epochs stay far below 500,000). Other fixed draws (the
-# subset, the pictures' noise, the real images of dcgan.py's checks) use the run seed itself.
-NOISE_OFFSETS = {
-    "order": 0,            # data order of each epoch (Batches)
-    "vaegan": 300_000,     # vaegan.py: eps and the prior's z_p of each epoch's training steps
-    "gan_z": 500_000,      # dcgan.py: the z of each epoch's training steps
-    "vae_eps": 700_000,    # vae.py: the reparameterisation noise of each epoch's steps
-    "vae_eval": 900_000,   # vae.py: one fixed eps for the test ELBO, the same at every evaluation
-    "diffaug": 1_100_000,  # dcgan.py --diffaugment: the transforms of each epoch's batches
-}
-
-
-def noise_seed(seed, purpose, epoch=0):
-    """Seed of one CPU generator: seed * 1000003 + epoch + the purpose's offset."""
-    return seed * 1000003 + epoch + NOISE_OFFSETS[purpose]
-
-
-class Batches:
-    """Minibatches from one uint8 tensor that lives on the device (4x smaller than float).
-    The order of epoch e is a pure function of (seed, e), so a resumed run sees the very same
-    batches as an uninterrupted one, with no iterator state to save."""
-
-    def __init__(self, images, labels, batch_size, device="cpu", seed=42, shuffle=True,
-                 drop_last=False):
-        self.x = images.to(device)  # (N, 3, 32, 32) uint8
-        self.y = labels.to(device)  # (N,) int64
-        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
-
-    def __len__(self):
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def epoch(self, e):
-        n = len(self.x)
-        if self.shuffle:  # permutation drawn on the CPU: identical on every device
-            g = torch.Generator().manual_seed(noise_seed(self.seed, "order", e))
-            order = torch.randperm(n, generator=g).to(self.x.device)
-        else:
-            order = torch.arange(n, device=self.x.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield to_float(self.x[idx]), self.y[idx]
-
-
-# ----------------------------------------------------------------------------------------------
-# Runs: what vae.py and dcgan.py share, written once so the two scripts cannot drift apart
-
-PRECISIONS = ("fp32", "bf16")   # --precision of training (and metrics.py's of the Inception network)
-
-
-def add_run_flags(p, epochs, subset, batch_size, seed, out):
-    """Declare the 16 flags both training scripts take; the defaults come from each script's
-    settings block. check_run_flags validates them."""
-    p.add_argument("--epochs", type=int, default=epochs, help="total epochs (with --resume: the new total)")
-    p.add_argument("--subset", type=int, default=subset,
-                   help="training images, class-stratified: a multiple of 10 in [10, 50000]")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="images per step, in [2, --subset]")
-    p.add_argument("--seed", type=int, default=seed, help="init, data order and noise, in [0, 2**31)")
-    p.add_argument("--width", type=float, default=1.0,
-                   help="channel multiplier, in (0, 16] (1: the study's layer sizes)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N], mps")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default, "
-                   "one per core; 1 is faster when other jobs share the cores)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="NHWC memory format for the convolutions: oneDNN's fast path on CPUs (printed at "
-                   "start; numbers differ from --no-channels-last only by float rounding)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="training arithmetic: fp32, or bf16 = bfloat16 autocast around the forward passes "
-                   "(convolutions and matmuls in bf16; losses, BN statistics, weights and Adam in float32). "
-                   "Fast on CUDA and on CPUs with avx512_bf16/amx_bf16, emulated (slower) elsewhere; "
-                   "evaluation and pictures always run in float32")
-    p.add_argument("--tf32", action="store_true", help="CUDA only: float32 matmuls and convolutions in TF32 "
-                   "(faster on Ampere and later, different numbers; off by default)")
-    p.add_argument("--out", default=out, help="folder for every output")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--data-dir", default="data", help="folder holding cifar-10-python.tar.gz")
-    p.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
-    p.add_argument("--no-probe", action="store_true", help="skip the linear probes at the end")
-    p.add_argument("--bench", action="store_true", help="time one epoch of this loop against the "
-                   "DataLoader tutorial loop (metrics.bench), write bench.json, then exit")
-
-
-def check_run_flags(a):
-    """Validate the shared flags of an argparse namespace, one rule each, before any work starts
-    (cli_main prints the ValueError as one line). The checks that touch the disk come last, so a
-    script validates its own flags first and a bad value never leaves a folder behind."""
-    if a.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {a.epochs}")
-    if not 10 <= a.subset <= 50_000 or a.subset % 10:
-        raise ValueError(f"--subset must be a multiple of 10 in [10, 50000], got {a.subset}")
-    if not 2 <= a.batch_size <= a.subset:  # 1: BatchNorm would use one image's own statistics
-        raise ValueError(f"--batch-size must be in [2, --subset={a.subset}], got {a.batch_size}")
-    if not 0 <= a.seed < 2**31:
-        raise ValueError(f"--seed must be in [0, 2**31), got {a.seed}")
-    if not (math.isfinite(a.width) and 0 < a.width <= 16):
-        raise ValueError(f"--width must be in (0, 16], got {a.width}")
-    if a.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {a.threads}")
-    device = pick_device(a.device)  # raises ValueError on a bad or unavailable device
-    if a.tf32 and device.type != "cuda":
-        raise ValueError(f"--tf32 applies to CUDA GPUs only; this run's device is {device.type}")
-    if a.precision == "bf16" and device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--precision bf16 runs on CUDA or the CPU; on {device.type} use fp32")
-    try:  # an unwritable --out should fail now, not after the first epoch
-        os.makedirs(a.out, exist_ok=True)
-        probe = os.path.join(a.out, ".write_test.tmp")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"--out {a.out} is not a writable folder ({e.strerror or e})") from None
-    ckpt = os.path.join(a.out, "checkpoint.pt")
-    if a.resume and not os.path.isfile(ckpt):
-        raise ValueError(f"--resume: no checkpoint at {ckpt}; run without --resume to start afresh")
-
-
-def setup_run(cfg):
-    """The device of a run, its CPU threads, and deterministic kernels -> torch.device."""
-    device = pick_device(cfg["device"])
-    if cfg["threads"]:
-        # Each op splits over the threads and waits for the slowest; when another job holds a
-        # core, that wait dominates, so one thread can be much faster on a shared machine.
-        torch.set_num_threads(cfg["threads"])
-    if device.type == "cuda":  # same seed + device -> same numbers (cuDNN picks kernels by timing)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        # TF32 rounds float32 matmul inputs to 10 mantissa bits: off unless asked (PyTorch leaves
-        # it on for cuDNN convolutions by default, which would change an fp32 run's numbers)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.get("tf32"))
-    if cfg.get("precision") == "bf16":
-        print("precision bf16: " + ("bfloat16 autocast, native on this device" if native_bf16(device) else
-              "bfloat16 is EMULATED on this CPU (no avx512_bf16 or amx_bf16): slower than fp32, "
-              "use it here only to test"))
-    return device
-
-
-def native_bf16(device):
-    """True where bfloat16 matmuls run in hardware: CUDA GPUs (Ampere and later) and CPUs with
-    AVX512-BF16 or AMX (Linux /proc/cpuinfo flags). Elsewhere bf16 is emulated, and slower."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def autocast(cfg, device):
-    """--precision as a context to wrap a training step's forward passes in: bfloat16 autocast
-    (convolutions, matmuls and Linear layers in bf16; weights, their gradients and Adam's state stay
-    float32, and so do BatchNorm's running statistics) or, for fp32, a context that does nothing.
-    Losses are computed on .float() outputs, and backward runs outside the context, as PyTorch's
-    autocast guide asks. A function, so each step opens a fresh context."""
-    if cfg.get("precision", "fp32") != "bf16":
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def resume_checkpoint(cfg, same_keys, defaults=None):
-    """With --resume, OUT/checkpoint.pt, refused in one line if any of same_keys (the settings
-    that define the experiment) differs from this run's; without it, None."""
-    if not cfg["resume"]:
-        return None
-    return load_checkpoint(os.path.join(cfg["out"], "checkpoint.pt"), "run without --resume to start afresh",
-                           cfg, same_keys, defaults)
-
 
 def load_subset(cfg):
     """The run's training images: cfg["subset"] of them, a tenth per class, drawn with cfg["seed"]
@@ -558,34 +313,6 @@ def load_subset(cfg):
     idx = stratified_indices(labels, cfg["subset"], seed=cfg["seed"])
     return images[idx], labels[idx]
 
-
-class NonFiniteLoss(ValueError):
-    """A loss became inf/nan; cli_main prints it as one line and exits with status 2."""
-
-
-def check_finite(stats, first_step, steps_per_epoch, out, names, hint):
-    """stats: (n, k) CPU tensor, one row per step from global step first_step (0-based), its first
-    columns the losses called `names`. Raise NonFiniteLoss naming the first step with a non-finite
-    one. Called before anything of the epoch is saved, so the checkpoint on disk is the last good one."""
-    bad = (~torch.isfinite(stats[:, :len(names)])).any(1).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        step = first_step + i
-        ckpt = os.path.join(out, "checkpoint.pt")
-        kept = f"last good checkpoint kept at {ckpt}" if os.path.exists(ckpt) else "no checkpoint written yet"
-        values = " ".join(f"{name}={stats[i, j].item()}" for j, name in enumerate(names))
-        raise NonFiniteLoss(f"non-finite loss at epoch {step // steps_per_epoch + 1}, step "
-                            f"{step % steps_per_epoch + 1} of {steps_per_epoch} (global step {step + 1}): "
-                            f"{values}; stopped, {kept}; {hint}")
-
-
-def channels(base, width):
-    """Channel count after the --width multiplier (at least 1)."""
-    return max(1, int(round(base * width)))
-
-
-def count_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -635,8 +362,53 @@ def make_grid(images, nrow=8, padding=2, pad_value=255):
     return grid
 
 
-def save_grid(images, path, nrow=8, padding=2):
-    save_image(make_grid(images, nrow=nrow, padding=padding), path)
+def save_grid(images, path, nrow=8, padding=2, caption=None, row_labels=None):
+    """make_grid, then (optionally) a label left of each row and a caption above, then save_image.
+    The grid itself stays pixel-exact: it is the bottom-right block of the picture."""
+    grid = make_grid(images, nrow=nrow, padding=padding)
+    if row_labels:
+        grid = label_rows(grid, row_labels, tile=images.shape[2] + padding, padding=padding)
+    save_image(add_caption(grid, caption) if caption else grid, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Captions: one line of text (wrapped where the picture is narrow) above a picture, so that it
+# says what its rows and columns are; and labels beside the rows of a grid
+
+INK, PAPER = (0, 0, 0), 255
+
+
+def wrap_text(text, chars):
+    """Split text at spaces into lines of at most `chars` characters (a longer word is cut)."""
+    lines = [""]
+    for word in text.split():
+        while len(word) > chars:
+            lines += [word[:chars]]
+            word = word[chars:]
+        lines[-1:] = [lines[-1] + " " + word] if lines[-1] and len(lines[-1]) + 1 + len(word) <= chars \
+            else ([lines[-1], word] if lines[-1] else [word])
+    return lines
+
+
+def add_caption(img, text):
+    """uint8 (3, H, W) -> (3, h + H, W): `text` in the 5x7 font on a white strip above the picture,
+    wrapped to its width (10 px per line, 6 px per character)."""
+    w = img.shape[2]
+    lines = wrap_text(text, max(1, (w - 4) // 6))
+    strip = np.full((10 * len(lines) + 4, w, 3), PAPER, np.uint8)
+    for i, line in enumerate(lines):
+        draw_text(strip, 2, 3 + 10 * i, line, INK)
+    return torch.cat([torch.from_numpy(strip).permute(2, 0, 1), img], dim=1)
+
+
+def label_rows(grid, labels, tile, padding):
+    """uint8 grid (3, H, W) from make_grid -> (3, H, m + W): labels[r] written left of row r,
+    vertically centred on it; tile = image height + padding (the row pitch)."""
+    m = 6 * max(len(t) for t in labels) + 4
+    strip = np.full((grid.shape[1], m, 3), PAPER, np.uint8)
+    for r, label in enumerate(labels):
+        draw_text(strip, 2, padding + r * tile + (tile - padding) // 2 - 3, label, INK)
+    return torch.cat([torch.from_numpy(strip).permute(2, 0, 1), grid], dim=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -670,6 +442,11 @@ _FONT_SRC = {  # glyph rows, top to bottom, separated by "/"
     "_": "...../...../...../...../...../...../#####", " ": "...../...../...../...../...../...../.....",
     "^": "..#../.#.#./#...#/...../...../...../.....", "x": "...../...../#...#/.#.#./..#../.#.#./#...#",
     "'": "..#../..#../...../...../...../...../.....", "*": "...../#.#.#/.###./#####/.###./#.#.#/.....",
+    "~": "...../...../.#..#/#.##./...../...../.....", ">": ".#.../..#../...#./....#/...#./..#../.#...",
+    "<": "...#./..#../.#.../#..../.#.../..#../...#.", "[": ".###./.#.../.#.../.#.../.#.../.#.../.###.",
+    "]": ".###./...#./...#./...#./...#./...#./.###.", "|": "..#../..#../..#../..#../..#../..#../..#..",
+    "?": ".###./#...#/....#/...#./..#../...../..#..", "!": "..#../..#../..#../..#../..#../...../..#..",
+    ";": "...../.##../.##../...../.##../..#../.#...", "#": ".#.#./.#.#./#####/.#.#./#####/.#.#./.#.#.",
 }
 _FONT = {k: np.array([[c == "#" for c in row] for row in v.split("/")], bool)
          for k, v in _FONT_SRC.items()}  # each (7, 5)
@@ -800,18 +577,19 @@ def smooth(ys, k):
     return ((c[n] - c[lo]) / (n - lo)).tolist()
 
 
-def save_charts(path, charts, ncols=3):
-    """Tile equally sized chart images (3, H, W) into one picture, ncols per row."""
+def save_charts(path, charts, ncols=3, caption=None):
+    """Tile equally sized chart images (3, H, W) into one picture, ncols per row, a caption above."""
     charts = list(charts)
     grid = make_grid(torch.stack(charts), nrow=min(ncols, len(charts)), padding=4)
-    save_image(grid, path)
+    save_image(add_caption(grid, caption) if caption else grid, path)
 
 
 # ----------------------------------------------------------------------------------------------
 # CLI: check the dataset and look at it
 
 def main(argv=None):
-    p = OneLineParser(description="Check the CIFAR-10 data: per-class counts, md5, and a "
+    import runs   # the shared one-line errors; imported here because runs.py imports this file
+    p = runs.OneLineParser(description="Check the CIFAR-10 data: per-class counts, md5, and a "
                                 "grid of examples written to runs/data_examples.png.")
     p.add_argument("--data-dir", default="data", help="folder holding cifar-10-python.tar.gz, "
                    "cifar-10-binary.tar.gz or the folders they unpack to (default: data)")
@@ -834,9 +612,13 @@ def main(argv=None):
     print(f"{'total':>12} {len(train_y):7d} {len(test_y):7d}")
     # 8 examples of each class, one class per row, first ones in archive order
     picks = torch.cat([torch.nonzero(train_y == c).flatten()[:8] for c in range(10)])
-    save_grid(train_x[picks], args.out, nrow=8)
+    save_grid(train_x[picks], args.out, nrow=8, caption="CIFAR-10 training images, the first 8 of each class",
+              row_labels=CLASSES)
     print(f"wrote {args.out} (rows: {', '.join(CLASSES)})")
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    # The one-line error wrapper lives in runs.py, which imports this file as `data`: run that
+    # module's main, so that the DataError it raises is the very class runs.cli_main catches.
+    import runs
+    runs.cli_main(runs.data.main)

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 import data
 import metrics
+import runs
 
 # ==== Settings ================================================================================
 # Flags use the same names in kebab-case; the resolved config is printed and saved with every result.
@@ -103,7 +104,7 @@ class Generator(nn.Module):
     def __init__(self, width=1.0, z_dim=Z_DIM):
         super().__init__()
         self.z_dim = z_dim
-        self.c1, c2 = data.channels(128, width), data.channels(64, width)
+        self.c1, c2 = runs.channels(128, width), runs.channels(64, width)
         self.fc = nn.Linear(z_dim, self.c1 * 4 * 4, bias=False)
         self.bn0 = nn.BatchNorm2d(self.c1)  # 2d over the 4x4 map: also works for a batch of one
         self.up1 = nn.ConvTranspose2d(self.c1, self.c1, 4, stride=2, padding=1, bias=False)
@@ -159,7 +160,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, width=1.0, spectral_norm=False, minibatch_disc=False, batchnorm=True):
         super().__init__()
-        c1, c2, c3 = data.channels(64, width), data.channels(128, width), data.channels(256, width)
+        c1, c2, c3 = runs.channels(64, width), runs.channels(128, width), runs.channels(256, width)
         bn = batchnorm and not spectral_norm
         self.conv1 = nn.Conv2d(3, c1, 4, stride=2, padding=1)  # no BN on D's input layer (Radford)
         self.conv2 = nn.Conv2d(c1, c2, 4, stride=2, padding=1, bias=not bn)
@@ -322,7 +323,7 @@ def train_step(G, D, opt_g, opt_d, x, z, wgan=None, update_g=True, augment=None,
     (d_loss, g_loss, D(x), D(G(z))) as one tensor, with no .item(): no sync on a GPU.
     wgan: None for the BCE game; for WGAN-GP, (gp_weight, alpha (B, 1, 1, 1)). update_g=False
     (the critic-only steps between G steps, --n-critic) skips step (2). augment: DiffAugment's
-    transform (a fresh draw per call), applied to every batch D sees. amp: data.autocast's context
+    transform (a fresh draw per call), applied to every batch D sees. amp: runs.autocast's context
     around every forward pass (--precision bf16); losses from float32 outputs, backward outside it."""
     aug = augment or (lambda t: t)
     with torch.set_grad_enabled(update_g), amp():  # a critic-only step needs no graph through G
@@ -374,8 +375,8 @@ def optimisers(G, D, cfg):
 
 
 def check_finite(stats, first_step, steps, out):
-    """data.check_finite with this file's two losses and advice."""
-    data.check_finite(stats, first_step, steps, out, ("d_loss", "g_loss"),
+    """runs.check_finite with this file's two losses and advice."""
+    runs.check_finite(stats, first_step, steps, out, ("d_loss", "g_loss"),
                       "try a lower --lr-d/--lr-g, --ttur or --spectral-norm")
 
 
@@ -388,7 +389,7 @@ def train_epoch(G, D, opt_g, opt_d, batches, noise, cfg, first_step, steps, G_em
     device = next(G.parameters()).device
     stats = torch.zeros(steps, 4, device=device)
     n, n_critic, wgan = cfg["log_every"], setting(cfg, "n_critic"), setting(cfg, "loss") == "wgan-gp"
-    amp = data.autocast(cfg, device)
+    amp = runs.autocast(cfg, device)
     for i, (x, _) in enumerate(batches):
         z = torch.randn(x.shape[0], Z_DIM, generator=noise).to(device)   # (B, 100)
         if cfg["channels_last"]:
@@ -434,11 +435,11 @@ def train(cfg, device):
     OUT/history.json. Returns the last checkpoint dict: everything after training reads the run
     from it, as compare.py does."""
     ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
-    ckpt = data.resume_checkpoint(cfg, RESUME_KEYS, DEFAULTS)
+    ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS, DEFAULTS)
     print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     # drop_last: every step sees a full batch, so BN statistics are never taken over a handful of images
-    batches = data.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"],
+    batches = runs.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"],
                            shuffle=True, drop_last=True)
     steps = len(batches)
     real_pairwise = real_diversity(train_x, cfg["seed"])
@@ -446,7 +447,7 @@ def train(cfg, device):
     G_ema = copy.deepcopy(G) if cfg["ema"] else None   # --ema: every picture and figure comes from it
     opt_g, opt_d = optimisers(G, D, cfg)
     fixed_noise, diversity_noise = draw_noise(cfg["seed"])
-    print(f"params G {data.count_params(G):,}  D {data.count_params(D):,}  (the study's slides said 1.24M / "
+    print(f"params G {runs.count_params(G):,}  D {runs.count_params(D):,}  (the study's slides said 1.24M / "
           f"2.76M; see the docstring)\ndevice {device} | {steps} steps/epoch | lr_d {cfg['lr_d']:g} lr_g "
           f"{cfg['lr_g']:g} | stabilisers: {stabilisers(cfg)} | speed: "
           f"{'channels_last memory format, ' if cfg['channels_last'] else ''}{torch.get_num_threads()} threads")
@@ -459,8 +460,8 @@ def train(cfg, device):
 
     for epoch in range(start_epoch, cfg["epochs"]):
         # ---- forward, backward, update: one pass over the subset, timed as training ----
-        noise = torch.Generator().manual_seed(data.noise_seed(cfg["seed"], "gan_z", epoch))
-        aug_g = torch.Generator(device=device).manual_seed(data.noise_seed(cfg["seed"], "diffaug", epoch))
+        noise = torch.Generator().manual_seed(runs.noise_seed(cfg["seed"], "gan_z", epoch))
+        aug_g = torch.Generator(device=device).manual_seed(runs.noise_seed(cfg["seed"], "diffaug", epoch))
         augment = (lambda t: diff_augment(t, cfg["diffaugment"], aug_g)) if cfg["diffaugment"] else None
         t0 = time.perf_counter()
         stats = train_epoch(G, D, opt_g, opt_d, batches.epoch(epoch), noise, cfg, epoch * steps, steps,
@@ -489,7 +490,7 @@ def train(cfg, device):
                     note="z noise and data order are reseeded from (seed, epoch)")
         if G_ema is not None:
             ckpt["G_ema"] = G_ema.state_dict()     # the averaged G: pictures, metrics, resume
-        data.atomic_torch_save(ckpt, ckpt_path)
+        runs.atomic_torch_save(ckpt, ckpt_path)
         data.write_json(os.path.join(cfg["out"], "history.json"), history)
     return ckpt
 
@@ -535,7 +536,7 @@ def evaluate_run(cfg, ckpt, device):
     test_sample = data.to_float(test_x[torch.randperm(len(test_x), generator=g)[:N_DIVERSITY]])
     nn_gen = metrics.mean_nearest_distance(generate(G, draw_noise(cfg["seed"])[1], device), train_x)
     nn_test = metrics.mean_nearest_distance(test_sample, train_x)
-    figures = dict(params_g=data.count_params(G), params_d=data.count_params(D), probe_acc=None,
+    figures = dict(params_g=runs.count_params(G), params_d=runs.count_params(D), probe_acc=None,
                    random_probe_acc=None, probe_l2=None, random_probe_l2=None, probe_gain=None,
                    probe_dim=D.feature_dim, probe_train=len(train_x), probe_test=len(test_x),
                    real_pairwise_l2=real_diversity(train_x, cfg["seed"]), nn_train_l2_generated=nn_gen,
@@ -556,7 +557,7 @@ def evaluate_run(cfg, ckpt, device):
 
 # ---- images from a trained run: this file's pictures and compare.py's scores use these ----
 def load_trained(checkpoint, device):
-    """G and D of a checkpoint dict (data.load_checkpoint), on device, memory format as trained.
+    """G and D of a checkpoint dict (runs.load_checkpoint), on device, memory format as trained.
     With --ema, G is the averaged generator: every picture and figure comes from it."""
     G, D = build_models(checkpoint["config"], device)
     G.load_state_dict(checkpoint.get("G_ema", checkpoint["G"]))
@@ -632,14 +633,14 @@ def save_outputs(cfg, ckpt, figures, device, t_start):
 
 # ==== Speed check (--bench) ===================================================================
 def bench_step(cfg, device, tutorial):
-    """For metrics.bench: G and D at their init for cfg (and their Adams), and a function that
+    """For runs.bench: G and D at their init for cfg (and their Adams), and a function that
     runs one training step on a batch x -- ours (train_step), or with tutorial the pytorch/examples one."""
     G, D = build_models(cfg, device)
     opt_g, opt_d = optimisers(G, D, cfg)
     if tutorial:
-        return lambda x: metrics.tutorial_gan_step(G, D, opt_g, opt_d, x, device)
-    noise = torch.Generator().manual_seed(data.noise_seed(cfg["seed"], "gan_z"))
-    amp = data.autocast(cfg, device)                          # --precision bf16 is timed too
+        return lambda x: runs.tutorial_gan_step(G, D, opt_g, opt_d, x, device)
+    noise = torch.Generator().manual_seed(runs.noise_seed(cfg["seed"], "gan_z"))
+    amp = runs.autocast(cfg, device)                          # --precision bf16 is timed too
 
     def step(x):
         if cfg["channels_last"]:
@@ -651,12 +652,12 @@ def bench_step(cfg, device, tutorial):
 
 # ==== Command line ============================================================================
 def parse_args(argv=None):
-    """The flags shared with vae.py (data.add_run_flags), then the DCGAN's own; all validated
-    before any work starts (data.cli_main prints a ValueError as one line, exit status 2). The
+    """The flags shared with vae.py (runs.add_run_flags), then the DCGAN's own; all validated
+    before any work starts (runs.cli_main prints a ValueError as one line, exit status 2). The
     learning rates are resolved here: --lr-d/--lr-g if given, else the --ttur pair, else LR."""
-    p = data.OneLineParser(description="DCGAN on CIFAR-10 (see the file docstring).",
+    p = runs.OneLineParser(description="DCGAN on CIFAR-10 (see the file docstring).",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
+    runs.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
     p.add_argument("--log-every", type=int, default=0, help="also log every N steps (0: per epoch only)")
     # stabilisers (off by default: the study's baseline has none)
     p.add_argument("--spectral-norm", action="store_true", help="Miyato et al. 2018, on D (drops D's BN)")
@@ -703,7 +704,7 @@ def parse_args(argv=None):
     for name, lr in (("--lr-d", a.lr_d), ("--lr-g", a.lr_g)):
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"{name} must be a positive number, got {lr}")
-    data.check_run_flags(a)   # last: its --out and --resume checks touch the disk
+    runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
     return vars(a)
 
 
@@ -711,13 +712,13 @@ def parse_args(argv=None):
 def main(argv=None):
     t_start = time.perf_counter()                               # run_seconds: this whole call
     cfg = parse_args(argv)
-    device = data.setup_run(cfg)
+    device = runs.setup_run(cfg)
     if cfg["bench"]:
-        return metrics.bench(cfg, device, bench_step, drop_last=True)   # bench.json, nothing else
+        return runs.bench(cfg, device, bench_step, drop_last=True)   # bench.json, nothing else
     ckpt = train(cfg, device)                                   # checkpoint.pt, history.json
     figures = evaluate_run(cfg, ckpt, device)                   # memorisation, probes
     return save_outputs(cfg, ckpt, figures, device, t_start)    # pictures, metrics.json
 
 
 if __name__ == "__main__":
-    data.cli_main(main)
+    runs.cli_main(main)

@@ -27,8 +27,7 @@ What it does
    that a killed run resumes from. The Inception Score (Salimans et al. 2016) from the same
    features and the file's classifier head, as StyleGAN2-ADA computes it (no head: not measured).
 4. What the training scripts measure with it: their probe figures, the DCGAN's sample diversity
-   (mean pairwise L2) and memorisation (L2 to the nearest training image), and the one --bench
-   harness that times vae.py's and dcgan.py's loops against the pytorch/examples tutorial loops.
+   (mean pairwise L2) and memorisation (L2 to the nearest training image).
 
 Run
 ---
@@ -55,6 +54,7 @@ import numpy as np
 import torch
 
 import data
+import runs
 
 # ---------------------------------------------------------------------------------------------
 # Settings (one place; units and reasons)
@@ -79,7 +79,7 @@ FID_DIM = 2048             # pool3 feature size
 PREPROCESS = "tf1-resize"  # names the image -> network-input path (resize_tf1, (x - 128) / 128);
                            # part of every feature cache, so features made before this path was
                            # the reference one ("interpolate", until issue 9) are never reused
-PRECISIONS = data.PRECISIONS  # Inception forward pass: float32 (every published figure), or
+PRECISIONS = runs.PRECISIONS  # Inception forward pass: float32 (every published figure), or
                            # bfloat16 autocast (1.6x faster measured on a 2-core CPU with avx512_bf16)
 PARTIAL_EVERY = 1000       # a set's features so far are saved every this many images (resume)
 IS_CLASSES = 1008          # the reference network's classifier: 1008 outputs (1000 ImageNet
@@ -726,10 +726,8 @@ def inception_score(features, head, splits=IS_SPLITS):
 
 
 # ---------------------------------------------------------------------------------------------
-# Training runs (vae.py, dcgan.py): probe figures, sample diversity and memorisation, and the
-# speed check of the training loops (--bench)
+# Training runs (vae.py, dcgan.py): probe figures, sample diversity and memorisation
 # ---------------------------------------------------------------------------------------------
-BENCH_ROUNDS = 3  # epochs each loop is timed for; the fastest counts (other jobs only ever slow one)
 
 
 def probe_figures(name, train_f, train_y, test_f, test_y, seed):
@@ -770,120 +768,12 @@ def mean_nearest_distance(queries, reference, chunk=2000):
     return best.mean().item()
 
 
-def _sync(device):
-    """Wait for the work queued on a GPU (a CPU runs each op before returning)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def time_loops(loops, steps, device, rounds=BENCH_ROUNDS, clock=time.perf_counter):
-    """Time training loops against each other, one step of each in turn, so that a machine shared
-    with other jobs slows them alike. loops: {name: (batches, step)}; batches(r) iterates over
-    the batches of round r, step(x) runs one training step on batch x. First one untimed step
-    each (oneDNN and cuDNN build their kernels on first use); then `rounds` epochs of `steps`
-    steps, each step timed from fetching its batch (where a DataLoader and a tensor on the device
-    differ) to the end of its work on the device. Returns {name: [seconds of each round]}."""
-    for batches, step in loops.values():
-        step(next(iter(batches(0))))
-    times = {name: [] for name in loops}
-    for r in range(rounds):
-        sources = {name: iter(batches(r)) for name, (batches, _) in loops.items()}
-        seconds = dict.fromkeys(loops, 0.0)
-        for _ in range(steps):
-            for name, (_, step) in loops.items():
-                t0 = clock()
-                step(next(sources[name]))
-                _sync(device)
-                seconds[name] += clock() - t0
-        for name in loops:
-            times[name].append(seconds[name])
-    return times
-
-
-def tutorial_vae_step(model, optimizer, x, device, loss_fn):
-    """One step of the pytorch/examples VAE loop, as written there: the batch (from a DataLoader
-    over a float TensorDataset) moved to the device, eps from randn_like, .item() every step (a
-    device sync). loss_fn is vae.vae_loss, so that only the loop differs from ours."""
-    x = x.to(device)
-    optimizer.zero_grad()
-    mu, logvar = model.encode(x)
-    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-    loss, _, _ = loss_fn(model.decode(z), x, mu, logvar)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
-
-
-def tutorial_gan_step(G, D, opt_g, opt_d, real, device):
-    """One step of the pytorch/examples DCGAN loop, as written there (.item() four times a step,
-    D's weight gradients computed in the G step too), with our models, optimisers and logit loss."""
-    criterion = torch.nn.BCEWithLogitsLoss()
-    real = real.to(device)
-    b = real.size(0)
-    D.zero_grad()
-    label = torch.full((b,), 1.0, device=device)
-    output = D(real)
-    err_d_real = criterion(output, label)
-    err_d_real.backward()
-    d_x = torch.sigmoid(output).mean().item()
-    fake = G(torch.randn(b, G.z_dim, device=device))
-    label.fill_(0.0)
-    output = D(fake.detach())
-    err_d_fake = criterion(output, label)
-    err_d_fake.backward()
-    d_g_z1 = torch.sigmoid(output).mean().item()
-    opt_d.step()
-    G.zero_grad()
-    label.fill_(1.0)
-    output = D(fake)
-    err_g = criterion(output, label)
-    err_g.backward()
-    opt_g.step()
-    return (err_d_real + err_d_fake).item(), err_g.item(), d_x, d_g_z1
-
-
-def bench(cfg, device, make_step, drop_last):
-    """The --bench of vae.py and dcgan.py, one harness for both: an epoch of our loop (the subset
-    as one uint8 tensor on the device, data.Batches) against the pytorch/examples tutorial loop (a
-    DataLoader with its defaults over a float TensorDataset, NCHW models), the same models from
-    the same init, batch size and drop_last; with --channels-last also ours without it.
-    make_step(cfg, device, tutorial) -> step(x) is the model file's part (its step, or with
-    tutorial the matching tutorial_*_step on its models). --precision bf16 runs our loops under
-    bfloat16 autocast; the tutorial's stays float32, as the tutorial is. Prints the figures,
-    writes OUT/bench.json (seconds: the fastest of BENCH_ROUNDS epochs) and returns its dict."""
-    train_x, train_y = data.load_subset(cfg)
-    ours = data.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"], shuffle=True,
-                        drop_last=drop_last)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.to_float(train_x)),
-                                         batch_size=cfg["batch_size"], shuffle=True, drop_last=drop_last)
-    nchw = dict(cfg, channels_last=False)
-    loops = {"ours": (lambda r: (x for x, _ in ours.epoch(r)), make_step(cfg, device, False)),
-             "tutorial": (lambda r: (x for (x,) in loader), make_step(nchw, device, True))}
-    if cfg["channels_last"]:
-        loops["ours_nchw"] = (loops["ours"][0], make_step(nchw, device, False))
-    times = time_loops(loops, len(ours), device)
-    best = {name: min(t) for name, t in times.items()}
-    res = dict(subset=cfg["subset"], batch_size=cfg["batch_size"], steps=len(ours), rounds=BENCH_ROUNDS,
-               device=str(device), threads=torch.get_num_threads(), channels_last=cfg["channels_last"],
-               precision=cfg.get("precision", "fp32"),
-               torch=str(torch.__version__), ours_seconds=best["ours"], tutorial_seconds=best["tutorial"],
-               speedup=best["tutorial"] / best["ours"], ours_nchw_seconds=best.get("ours_nchw"),
-               all_seconds=times)
-    extra = f" | ours without channels_last {best['ours_nchw']:.2f} s" if "ours_nchw" in best else ""
-    print(f"one epoch of {len(ours)} steps: ours ({res['precision']}) {best['ours']:.2f} s | DataLoader tutorial "
-          f"{best['tutorial']:.2f} s | tutorial / ours = {res['speedup']:.2f}x (fastest of {BENCH_ROUNDS} "
-          f"epochs, steps taken in turn){extra}")
-    data.write_json(os.path.join(cfg["out"], "bench.json"), res)
-    return res
-
 
 # ---------------------------------------------------------------------------------------------
 # Command line: metric sanity checks on real data
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
-    p = data.OneLineParser(description="FID/KID/precision/recall between two real image sets "
+    p = runs.OneLineParser(description="FID/KID/precision/recall between two real image sets "
                                 "(a floor for what generated images can reach), and the raw-pixel probe.")
     p.add_argument("--data-dir", default="data", help="folder holding the CIFAR-10 archive")
     p.add_argument("--no-download", action="store_true", help="never try to download the archive")
@@ -916,7 +806,7 @@ def main(argv=None):
         p.error("--batch-size must be >= 1")
     if args.fid_net and not os.path.isfile(args.fid_net):
         p.error(f"--fid-net {args.fid_net}: no such file (README.md, 'FID network', says how to get it)")
-    device = data.pick_device(args.device)
+    device = runs.pick_device(args.device)
     print("config:", dict(vars(args), device=str(device)))
     test_x, test_y = data.load_cifar10(args.data_dir, train=False, download=not args.no_download)
 
@@ -959,4 +849,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.cli_main(main)
+    runs.cli_main(main)

@@ -39,6 +39,7 @@ import compare
 import data
 import dcgan
 import metrics
+import runs
 import vae
 import vaegan
 
@@ -88,12 +89,12 @@ def decode_ppm(raw):
 
 
 def cli_exit(main_fn, argv):
-    """Run a script's main(argv) under data.cli_main, as its command line does:
+    """Run a script's main(argv) under runs.cli_main, as its command line does:
     returns (exit status, what it printed on stderr)."""
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         try:
-            data.cli_main(lambda: main_fn(argv))
+            runs.cli_main(lambda: main_fn(argv))
         except SystemExit as e:
             return e.code, err.getvalue()
     return 0, err.getvalue()
@@ -193,10 +194,10 @@ def on_device(model):
 
 
 def check_bench(test, r, steps, calls):
-    """What metrics.bench promises either script: three loops (ours, the tutorial's, ours without
+    """What runs.bench promises either script: three loops (ours, the tutorial's, ours without
     channels_last) from the same init, one warm-up step each, then BENCH_ROUNDS epochs of `steps`
     steps taken in turn; each loop's figure is its fastest epoch. calls: "ours" / "tut" per step run."""
-    rounds = metrics.BENCH_ROUNDS
+    rounds = runs.BENCH_ROUNDS
     test.assertEqual((r["steps"], r["rounds"], r["channels_last"]), (steps, rounds, True))
     for name in ("ours", "tutorial", "ours_nchw"):
         test.assertEqual(len(r["all_seconds"][name]), rounds, name)
@@ -360,7 +361,7 @@ class TestData(unittest.TestCase):
 
     def test_batches(self):
         x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
-        b = data.Batches(x, torch.arange(10), batch_size=4, seed=7)
+        b = runs.Batches(x, torch.arange(10), batch_size=4, seed=7)
         self.assertEqual(len(b), 3)
         first = [yb.tolist() for _, yb in b.epoch(0)]
         self.assertEqual([yb.tolist() for _, yb in b.epoch(0)], first)  # a pure function of the epoch
@@ -369,7 +370,7 @@ class TestData(unittest.TestCase):
         xb, yb = next(b.epoch(0))
         self.assertEqual(xb.dtype, torch.float32)
         self.assertTrue(torch.allclose(xb[:, 0, 0, 0], yb.float() / 127.5 - 1))
-        self.assertEqual(len(data.Batches(x, torch.arange(10), 4, drop_last=True)), 2)
+        self.assertEqual(len(runs.Batches(x, torch.arange(10), 4, drop_last=True)), 2)
 
     def test_png_and_ppm_pixel_exact(self):
         g = torch.Generator().manual_seed(0)
@@ -426,15 +427,15 @@ class TestData(unittest.TestCase):
     def test_load_checkpoint_errors_name_the_file_and_what_to_do(self):
         path = os.path.join(self.dir, "checkpoint.pt")
         with self.assertRaisesRegex(ValueError, "no checkpoint at .*; start afresh"):
-            data.load_checkpoint(path, "start afresh")
+            runs.load_checkpoint(path, "start afresh")
         with open(path, "wb") as f:
             f.write(b"torn")                                   # not a torch file
         with self.assertRaisesRegex(ValueError, r"not a readable checkpoint \(\w+\); start afresh"):
-            data.load_checkpoint(path, "start afresh")
-        data.atomic_torch_save({"config": {"seed": 1, "lr": 0.1}, "w": torch.ones(2)}, path)
+            runs.load_checkpoint(path, "start afresh")
+        runs.atomic_torch_save({"config": {"seed": 1, "lr": 0.1}, "w": torch.ones(2)}, path)
         with self.assertRaisesRegex(ValueError, "made with seed=1, this run has 2"):
-            data.load_checkpoint(path, "x", {"seed": 2, "lr": 0.1}, ("lr", "seed"))
-        ck = data.load_checkpoint(path, "x", {"seed": 1, "lr": 0.5}, ("seed",))  # lr not compared
+            runs.load_checkpoint(path, "x", {"seed": 2, "lr": 0.1}, ("lr", "seed"))
+        ck = runs.load_checkpoint(path, "x", {"seed": 1, "lr": 0.5}, ("seed",))  # lr not compared
         self.assertTrue(torch.equal(ck["w"], torch.ones(2)))
 
     def test_cli_one_line_error(self):
@@ -447,7 +448,7 @@ class TestData(unittest.TestCase):
     def test_cli_progress_lines_are_not_held_back_by_a_pipe(self):
         # The script prints a progress line, says so on stderr (line-buffered in Python 3.9+), then
         # waits for stdin: by then the line must be readable from the stdout pipe.
-        code = ("import sys, data; data.cli_main(lambda: (print('epoch 1 | ETA 5m'), "
+        code = ("import sys, runs; runs.cli_main(lambda: (print('epoch 1 | ETA 5m'), "
                 "print('printed', file=sys.stderr), sys.stdin.read()))")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # Python's default
         p = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, text=True, env=env,
@@ -470,7 +471,12 @@ class TestData(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("NOT the official archive", r.stdout)
         self.assertIn("total", r.stdout)
-        self.assertEqual(decode_png(read_bytes(out)).shape, (10 * 34 + 2, 8 * 34 + 2, 3))
+        png = decode_png(read_bytes(out))
+        h, w = 10 * 34 + 2, 8 * 34 + 2          # the grid: its bottom-right block, under the caption
+        self.assertGreater(png.shape[0], h), self.assertGreater(png.shape[1], w)   # caption, row labels
+        x, y = data.load_cifar10(self.dir, train=True, download=False)
+        picks = torch.cat([torch.nonzero(y == c).flatten()[:8] for c in range(10)])
+        self.assertTrue(np.array_equal(png[-h:, -w:], data.make_grid(x[picks]).permute(1, 2, 0).numpy()))
 
     @unittest.skipUnless(os.path.exists(os.path.join(HERE, "data", "cifar-10-python.tar.gz")),
                          "real archive not in data/")
@@ -495,12 +501,12 @@ class TestRunPlumbing(unittest.TestCase):
 
     def test_noise_seeds_keep_their_formula(self):
         # Checkpoints of earlier runs resume exactly only if every draw keeps its seed.
-        self.assertEqual(data.noise_seed(42, "order", 3), 42 * 1000003 + 3)
-        self.assertEqual(data.noise_seed(42, "gan_z", 3), 42 * 1000003 + 3 + 500_000)
-        self.assertEqual(data.noise_seed(42, "vae_eps", 3), 42 * 1000003 + 3 + 700_000)
-        self.assertEqual(data.noise_seed(42, "vae_eval"), 42 * 1000003 + 900_000)
-        self.assertEqual(data.noise_seed(42, "vaegan", 3), 42 * 1000003 + 3 + 300_000)
-        b = data.Batches(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10), 10, seed=42)
+        self.assertEqual(runs.noise_seed(42, "order", 3), 42 * 1000003 + 3)
+        self.assertEqual(runs.noise_seed(42, "gan_z", 3), 42 * 1000003 + 3 + 500_000)
+        self.assertEqual(runs.noise_seed(42, "vae_eps", 3), 42 * 1000003 + 3 + 700_000)
+        self.assertEqual(runs.noise_seed(42, "vae_eval"), 42 * 1000003 + 900_000)
+        self.assertEqual(runs.noise_seed(42, "vaegan", 3), 42 * 1000003 + 3 + 300_000)
+        b = runs.Batches(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10), 10, seed=42)
         want = torch.randperm(10, generator=torch.Generator().manual_seed(42 * 1000003 + 3))
         self.assertEqual(next(b.epoch(3))[1].tolist(), want.tolist())
 
@@ -528,9 +534,9 @@ class TestRunPlumbing(unittest.TestCase):
         stats = torch.ones(5, 3)
         stats[4, 1] = float("nan")
         stats[2, 2] = float("inf")      # a column that is not a loss: ignored
-        data.check_finite(stats[:4], 3, 3, self.tmp.name, ("a", "b"), "advice")   # all finite
-        with self.assertRaises(data.NonFiniteLoss) as cm:
-            data.check_finite(stats, 3, 3, self.tmp.name, ("a", "b"), "advice")
+        runs.check_finite(stats[:4], 3, 3, self.tmp.name, ("a", "b"), "advice")   # all finite
+        with self.assertRaises(runs.NonFiniteLoss) as cm:
+            runs.check_finite(stats, 3, 3, self.tmp.name, ("a", "b"), "advice")
         self.assertEqual(str(cm.exception), "non-finite loss at epoch 3, step 2 of 3 (global step 8): a=1.0 "
                                             "b=nan; stopped, no checkpoint written yet; advice")
 
@@ -577,8 +583,8 @@ class TestMixedPrecision(OneThread):
                 self.assertEqual((st["exp_avg"].dtype, st["exp_avg_sq"].dtype), (torch.float32,) * 2)
 
     def test_fp32_is_a_context_that_does_nothing(self):
-        self.assertIs(data.autocast({"precision": "fp32"}, torch.device("cpu")), contextlib.nullcontext)
-        self.assertIs(data.autocast({}, torch.device("cpu")), contextlib.nullcontext)   # older configs
+        self.assertIs(runs.autocast({"precision": "fp32"}, torch.device("cpu")), contextlib.nullcontext)
+        self.assertIs(runs.autocast({}, torch.device("cpu")), contextlib.nullcontext)   # older configs
 
     def test_vae_step_convolves_in_bf16_and_keeps_float32_state(self):
         model = vae.build_model(dict(seed=0, width=0.25, channels_last=False))
@@ -586,7 +592,7 @@ class TestMixedPrecision(OneThread):
         x = torch.rand(4, 3, 32, 32) * 2 - 1
         eps = torch.randn(4, model.latent_dim)
         seen = self.conv_dtypes(model)
-        out = vae.train_step(model, opt, x, eps, 1.0, data.autocast({"precision": "bf16"}, torch.device("cpu")))
+        out = vae.train_step(model, opt, x, eps, 1.0, runs.autocast({"precision": "bf16"}, torch.device("cpu")))
         self.assertEqual(seen, {torch.bfloat16})
         self.assertEqual(out.dtype, torch.float32)                           # losses in float32
         self.assertTrue(torch.isfinite(out).all())
@@ -597,7 +603,7 @@ class TestMixedPrecision(OneThread):
         G, D = dcgan.build_models(cfg)
         opt_g, opt_d = dcgan.optimisers(G, D, cfg)
         seen_g, seen_d = self.conv_dtypes(G), self.conv_dtypes(D)
-        amp = data.autocast({"precision": "bf16"}, torch.device("cpu"))
+        amp = runs.autocast({"precision": "bf16"}, torch.device("cpu"))
         x, z = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, dcgan.Z_DIM)
         out = dcgan.train_step(G, D, opt_g, opt_d, x, z, (10.0, torch.rand(4, 1, 1, 1)), True, None, amp)
         self.assertEqual((seen_g, seen_d), ({torch.bfloat16}, {torch.bfloat16}))
@@ -609,8 +615,8 @@ class TestMixedPrecision(OneThread):
         cfg = dict(device="cpu", threads=0, precision="bf16")
         for native, text in ((False, "EMULATED"), (True, "native")):
             out = io.StringIO()
-            with mock.patch.object(data, "native_bf16", lambda device: native), contextlib.redirect_stdout(out):
-                data.setup_run(cfg)
+            with mock.patch.object(runs, "native_bf16", lambda device: native), contextlib.redirect_stdout(out):
+                runs.setup_run(cfg)
             self.assertIn(text, out.getvalue())
             self.assertEqual(out.getvalue().count("\n"), 1)
 
@@ -667,8 +673,8 @@ class TestVAEModel(OneThread):
         self.assertEqual((tuple(mu.shape), tuple(logvar.shape)), ((4, 64), (4, 64)))
         self.assertLessEqual(x_hat.abs().max().item(), 1.0)                 # Tanh output
         self.assertEqual(tuple(m.encoder(x).shape), (4, 2048))               # the conv-probe features
-        self.assertEqual(data.count_params(m), 726_787)                      # not the study's 1.38M
-        self.assertEqual(data.count_params(vae.VAE(width=2)), 2_108_803)
+        self.assertEqual(runs.count_params(m), 726_787)                      # not the study's 1.38M
+        self.assertEqual(runs.count_params(vae.VAE(width=2)), 2_108_803)
         m.eval()
         a, mu_a, _ = m(x)   # eps None: z = mu, deterministic
         b, _, _ = m(x)
@@ -772,12 +778,12 @@ class TestVAERun(OneThread):
     def test_killed_cyclical_run_resumes_exactly(self):
         cyc = ("--epochs", "2", "--beta-schedule", "cyclical", "--cycles", "3")
         _vae_run(self.root, "cyc_straight", *cyc)
-        real_save = data.atomic_torch_save
+        real_save = runs.atomic_torch_save
 
         def save_then_die(obj, path):    # a kill right after the first checkpoint is on disk
             real_save(obj, path)
             raise KeyboardInterrupt
-        with mock.patch.object(data, "atomic_torch_save", save_then_die):
+        with mock.patch.object(runs, "atomic_torch_save", save_then_die):
             with self.assertRaises(KeyboardInterrupt):
                 _vae_run(self.root, "cyc_killed", *cyc)
         self.assertEqual(_vae_load(os.path.join(self.root, "cyc_killed", "checkpoint.pt"))["epoch"], 1)
@@ -811,9 +817,9 @@ class TestVAERun(OneThread):
 
     def test_bench_times_three_loops_the_same_way(self):
         calls = []
-        ours, tutorial = vae.train_step, metrics.tutorial_vae_step
+        ours, tutorial = vae.train_step, runs.tutorial_vae_step
         with mock.patch.object(vae, "train_step", lambda *a: calls.append("ours") or ours(*a)), \
-                mock.patch.object(metrics, "tutorial_vae_step", lambda *a: calls.append("tut") or tutorial(*a)):
+                mock.patch.object(runs, "tutorial_vae_step", lambda *a: calls.append("tut") or tutorial(*a)):
             r = _vae_run(self.root, "bench", "--bench")
         with open(os.path.join(self.root, "bench", "bench.json")) as f:
             self.assertEqual(json.load(f), json.loads(json.dumps(r)))
@@ -916,8 +922,8 @@ class TestDcganModel(OneThread):
         self.assertEqual(tuple(D(x).shape), (4,))
         self.assertEqual(tuple(D.features(x).shape), (4, 7168))  # 16 * (64 + 128 + 256)
         # The study's layer lists give these (the slides claim 1.24M / 2.76M).
-        self.assertEqual(data.count_params(G), 601_731)
-        self.assertEqual(data.count_params(D), 663_361)
+        self.assertEqual(runs.count_params(G), 601_731)
+        self.assertEqual(runs.count_params(D), 663_361)
         G2, D2 = dcgan.build_models(_dcgan_cfg(width=0.5, minibatch_disc=True, spectral_norm=True))
         self.assertEqual(tuple(G2(fixed[:2]).shape), (2, 3, 32, 32))
         self.assertEqual(D2.features(G2(fixed[:2])).shape[1], 16 * (32 + 64 + 128))
@@ -1198,7 +1204,7 @@ class TestDcganRun(OneThread):
         ck = torch.load(path, weights_only=True)
         for k in ("loss", "n_critic", "gp_weight", "diffaugment", "ema", "betas", "precision", "tf32"):
             del ck["config"][k]                                          # as saved before issues 11, 13
-        data.atomic_torch_save(ck, path)
+        runs.atomic_torch_save(ck, path)
         _dcgan_run(self.argv("old", "--no-probe", "--resume"))
         self.assertEqual(torch.load(path, weights_only=True)["epoch"], 2)
 
@@ -1258,9 +1264,9 @@ class TestDcganRun(OneThread):
 
     def test_bench_times_three_loops_the_same_way(self):
         calls = []
-        ours, tutorial = dcgan.train_step, metrics.tutorial_gan_step
+        ours, tutorial = dcgan.train_step, runs.tutorial_gan_step
         with mock.patch.object(dcgan, "train_step", lambda *a: calls.append("ours") or ours(*a)), \
-                mock.patch.object(metrics, "tutorial_gan_step", lambda *a: calls.append("tut") or tutorial(*a)):
+                mock.patch.object(runs, "tutorial_gan_step", lambda *a: calls.append("tut") or tutorial(*a)):
             r = _dcgan_run(self.argv("bench", "--bench"))
         with open(os.path.join(self.tmp, "bench", "bench.json")) as f:
             self.assertEqual(json.load(f), json.loads(json.dumps(r)))
@@ -1687,7 +1693,7 @@ class TestRunMeasures(unittest.TestCase):
                 order.append((name, x))
             return run
         loops = {"slow": (batches(0.5), step("slow", 3.0)), "fast": (batches(0.0), step("fast", 1.0))}
-        times = metrics.time_loops(loops, 4, torch.device("cpu"), rounds=2, clock=lambda: now[0])
+        times = runs.time_loops(loops, 4, torch.device("cpu"), rounds=2, clock=lambda: now[0])
         self.assertEqual(times, {"slow": [14.0, 14.0], "fast": [4.0, 4.0]})
         want = [("slow", 0), ("fast", 0)] + [(n, i) for r in range(2) for i in range(4) for n in ("slow", "fast")]
         self.assertEqual(order, want)
@@ -1999,12 +2005,12 @@ class TestVaeganRun(OneThread):
     def test_killed_run_resumes_exactly(self):
         # every speed option off here (the tests must pass without them); the run above has them on
         _vaegan_run(self.root, "straight", "--epochs", "2", "--no-probe", "--no-channels-last")
-        real_save = data.atomic_torch_save
+        real_save = runs.atomic_torch_save
 
         def save_then_die(obj, path):    # a kill right after the first checkpoint is on disk
             real_save(obj, path)
             raise KeyboardInterrupt
-        with mock.patch.object(data, "atomic_torch_save", save_then_die), self.assertRaises(KeyboardInterrupt):
+        with mock.patch.object(runs, "atomic_torch_save", save_then_die), self.assertRaises(KeyboardInterrupt):
             _vaegan_run(self.root, "killed", "--epochs", "2", "--no-probe", "--no-channels-last")
         _vaegan_run(self.root, "killed", "--epochs", "2", "--no-probe", "--no-channels-last", "--resume")
         a, b = (_vae_load(os.path.join(self.root, d, "checkpoint.pt")) for d in ("straight", "killed"))

@@ -48,6 +48,7 @@ import torch.nn as nn
 
 import data
 import metrics
+import runs
 
 # ==== Settings ================================================================================
 # Flags use the same names in kebab-case; the resolved config is printed and saved with every result.
@@ -97,7 +98,7 @@ class VAE(nn.Module):
     def __init__(self, latent_dim=LATENT_DIM, width=1.0):
         super().__init__()
         self.latent_dim = latent_dim
-        c1, c2, c3 = data.channels(32, width), data.channels(64, width), data.channels(128, width)
+        c1, c2, c3 = runs.channels(32, width), runs.channels(64, width), runs.channels(128, width)
         self.feature_dim = c3 * 4 * 4                                 # 2048: the conv-probe features
         self.encoder = nn.Sequential(
             *down(3, c1),                                             # (B, 32, 16, 16)
@@ -182,7 +183,7 @@ def beta_at(step, total_steps, beta_max=BETA, schedule=BETA_SCHEDULE, cycles=CYC
 # ==== One training step =======================================================================
 def train_step(model, optimizer, x, eps, beta, amp=contextlib.nullcontext):
     """One Adam step on the batch x (B, 3, 32, 32) with the noise eps (B, latent_dim) and KL weight
-    beta. amp: data.autocast's context (--precision bf16) around the forward pass; the loss is taken
+    beta. amp: runs.autocast's context (--precision bf16) around the forward pass; the loss is taken
     on float32 outputs and the backward pass runs outside it. Returns the detached (loss, mse, kl)
     as one (3,) tensor: no .item(), so no device sync."""
     with amp():
@@ -219,7 +220,7 @@ def epoch_record(model, stats, betas, test_x, cfg, device, epoch, seconds):
     mse, kl = float((stats[:, 1] * w).sum()), float((stats[:, 2] * w).sum())
     te = evaluate(model, test_x[:EPOCH_TEST], device, cfg["seed"])
     if not math.isfinite(te["elbo"]):
-        raise data.NonFiniteLoss(f"test ELBO is {te['elbo']} after epoch {epoch + 1}: the last update made the "
+        raise runs.NonFiniteLoss(f"test ELBO is {te['elbo']} after epoch {epoch + 1}: the last update made the "
                                  f"weights non-finite; stopped, last good checkpoint kept at "
                                  f"{os.path.join(cfg['out'], 'checkpoint.pt')}")
     return dict(epoch=epoch + 1, seconds=round(seconds, 3), beta=sum(betas) / len(betas),
@@ -233,7 +234,7 @@ def train(cfg, device):
     OUT/history.json. Returns the last checkpoint dict: everything after training reads the run
     from it, as compare.py does."""
     ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
-    ckpt = data.resume_checkpoint(cfg, RESUME_KEYS, DEFAULTS)
+    ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS, DEFAULTS)
     if ckpt is not None and ckpt["config"]["epochs"] != cfg["epochs"] and cfg["beta_schedule"] != "constant":
         raise ValueError(f"--resume: checkpoint was made for --epochs {ckpt['config']['epochs']}; the "
                          f"{cfg['beta_schedule']} beta schedule depends on it, so pass the same --epochs")
@@ -243,12 +244,12 @@ def train(cfg, device):
     print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, _ = data.load_cifar10(cfg["data_dir"], train=False, download=False)
-    batches = data.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"],
+    batches = runs.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"],
                            shuffle=True)   # the whole subset on the device as uint8; no DataLoader
     steps = len(batches)
     model = build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    print(f"params {data.count_params(model):,} (the study's slides said 1.38M; see the docstring) | device "
+    print(f"params {runs.count_params(model):,} (the study's slides said 1.38M; see the docstring) | device "
           f"{device} | threads {torch.get_num_threads()} | {len(train_x)} train / {len(test_x)} test images | "
           f"{steps} steps/epoch | beta {cfg['beta']:g} ({cfg['beta_schedule']})"
           + (" | channels_last" if cfg["channels_last"] else ""))
@@ -265,10 +266,10 @@ def train(cfg, device):
         t0 = time.perf_counter()
         betas = [beta_at(epoch * steps + i, cfg["epochs"] * steps, cfg["beta"], cfg["beta_schedule"],
                          cfg["cycles"]) for i in range(steps)]
-        noise = torch.Generator().manual_seed(data.noise_seed(cfg["seed"], "vae_eps", epoch))
-        stats = train_epoch(model, optimizer, batches.epoch(epoch), betas, noise, data.autocast(cfg, device))
+        noise = torch.Generator().manual_seed(runs.noise_seed(cfg["seed"], "vae_eps", epoch))
+        stats = train_epoch(model, optimizer, batches.epoch(epoch), betas, noise, runs.autocast(cfg, device))
         seconds = time.perf_counter() - t0
-        data.check_finite(stats, epoch * steps, steps, cfg["out"], ("loss", "mse", "kl"), "try a lower --lr")
+        runs.check_finite(stats, epoch * steps, steps, cfg["out"], ("loss", "mse", "kl"), "try a lower --lr")
 
         # ---- evaluation and logging: one line per epoch, with the ETA ----
         e = epoch_record(model, stats, betas, test_x, cfg, device, epoch, seconds)
@@ -284,7 +285,7 @@ def train(cfg, device):
         ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=cfg, epoch=epoch + 1,
                     step=(epoch + 1) * steps, metrics=history, rng=torch.get_rng_state(),
                     torch_version=str(torch.__version__))
-        data.atomic_torch_save(ckpt, ckpt_path)
+        runs.atomic_torch_save(ckpt, ckpt_path)
         data.write_json(os.path.join(cfg["out"], "history.json"), history)
     return ckpt
 
@@ -299,7 +300,7 @@ def evaluate(model, images_uint8, device, seed, with_mean_recon=False):
     The sums are float64 on the CPU: Apple GPUs (MPS) have no float64, so values leave the
     device as float32 first."""
     model.eval()
-    noise = torch.Generator().manual_seed(data.noise_seed(seed, "vae_eval"))
+    noise = torch.Generator().manual_seed(runs.noise_seed(seed, "vae_eval"))
     sums = torch.zeros(3, dtype=torch.float64)
     for i in range(0, len(images_uint8), EVAL_BATCH):
         x = data.to_float(images_uint8[i:i + EVAL_BATCH].to(device))
@@ -375,7 +376,7 @@ def evaluate_run(cfg, ckpt, device):
         figures.update(run_probes(cfg, device, train_x, train_y, test_x, test_y,
                                   (mu_train, feat_train, mu_test, feat_test)))
         figures["probe_seconds"] = time.perf_counter() - t0
-    figures["params"] = data.count_params(model)
+    figures["params"] = runs.count_params(model)
     latents = dict(train_z=mu_train.numpy(), train_y=train_y.numpy(),      # mu (N, 64), labels (N,)
                    test_z=mu_test.numpy(), test_y=test_y.numpy())
     return figures, latents
@@ -383,7 +384,7 @@ def evaluate_run(cfg, ckpt, device):
 
 # ---- images from a trained run: this file's pictures and compare.py's scores use these ----
 def load_trained(checkpoint, device):
-    """The trained model of a checkpoint dict (data.load_checkpoint), in eval mode on device (BN
+    """The trained model of a checkpoint dict (runs.load_checkpoint), in eval mode on device (BN
     with its running statistics: an image does not depend on its batch)."""
     model = build_model(checkpoint["config"], device)
     model.load_state_dict(checkpoint["model"])
@@ -468,26 +469,26 @@ def save_outputs(cfg, ckpt, figures, latents, device, t_start):
 
 # ==== Speed check (--bench) ===================================================================
 def bench_step(cfg, device, tutorial):
-    """For metrics.bench: the model at its init for cfg (and its Adam), and a function that runs
+    """For runs.bench: the model at its init for cfg (and its Adam), and a function that runs
     one training step on a batch x -- ours (train_step), or with tutorial the pytorch/examples one."""
     model = build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     if tutorial:
-        return lambda x: metrics.tutorial_vae_step(model, optimizer, x, device, vae_loss)
-    noise = torch.Generator().manual_seed(data.noise_seed(cfg["seed"], "vae_eps"))
+        return lambda x: runs.tutorial_vae_step(model, optimizer, x, device, vae_loss)
+    noise = torch.Generator().manual_seed(runs.noise_seed(cfg["seed"], "vae_eps"))
 
     def step(x):
         eps = torch.randn(x.shape[0], model.latent_dim, generator=noise).to(device)
-        return train_step(model, optimizer, x, eps, cfg["beta"], data.autocast(cfg, device))
+        return train_step(model, optimizer, x, eps, cfg["beta"], runs.autocast(cfg, device))
     return step
 
 
 # ==== Command line ============================================================================
 def parse_args(argv=None):
-    """The flags shared with dcgan.py (data.add_run_flags) and the VAE's own, validated at once."""
-    p = data.OneLineParser(description="Convolutional VAE on CIFAR-10 (see the file docstring).",
+    """The flags shared with dcgan.py (runs.add_run_flags) and the VAE's own, validated at once."""
+    p = runs.OneLineParser(description="Convolutional VAE on CIFAR-10 (see the file docstring).",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
+    runs.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
     p.add_argument("--lr", type=float, default=LR, help="Adam learning rate")
     # KL weight
     p.add_argument("--beta", type=float, default=BETA, help="KL weight (maximum under a schedule)")
@@ -503,16 +504,16 @@ def parse_args(argv=None):
         raise ValueError(f"--beta must be a number >= 0, got {a.beta}")
     if a.cycles < 1:
         raise ValueError(f"--cycles must be >= 1, got {a.cycles}")
-    data.check_run_flags(a)   # last: its --out and --resume checks touch the disk
+    runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
     return vars(a)
 
 
 # ==== Main: config, training, evaluation, outputs =============================================
 def main(argv=None):
     cfg = parse_args(argv)
-    device = data.setup_run(cfg)
+    device = runs.setup_run(cfg)
     if cfg["bench"]:
-        return metrics.bench(cfg, device, bench_step, drop_last=False)   # bench.json, nothing else
+        return runs.bench(cfg, device, bench_step, drop_last=False)   # bench.json, nothing else
     t_start = time.perf_counter()
     ckpt = train(cfg, device)                                   # checkpoint.pt, history.json
     figures, latents = evaluate_run(cfg, ckpt, device)          # all 10,000 test images, probes
@@ -520,4 +521,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.cli_main(main)
+    runs.cli_main(main)

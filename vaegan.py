@@ -48,6 +48,7 @@ import torch
 
 import data
 import dcgan
+import runs
 import vae
 
 # ==== Settings =================================================================================
@@ -116,7 +117,7 @@ def train_step(model, D, opt_vae, opt_d, x, eps, z_prior, gamma, layer, amp=cont
     """Larsen et al. Algorithm 1 on a real batch x (B, 3, 32, 32): one forward pass, each loss
     differentiated for the parameters it trains only, then all three nets updated at once (the
     same forward serves all three, unlike dcgan.py's alternating steps). eps, z_prior: (B, 64).
-    amp: data.autocast's context (--precision bf16) around the forward pass; losses from float32.
+    amp: runs.autocast's context (--precision bf16) around the forward pass; losses from float32.
     Returns the detached (kl, feat, d_loss, g_loss, pixel mse, D(x), D(x~), D(x_p)): no .item()."""
     b = x.shape[0]
     # BatchNorm and the three batches: real, reconstructed and prior images go through Dis as ONE
@@ -164,7 +165,7 @@ def train_epoch(model, D, opt_vae, opt_d, batches, noise, cfg):
     model.train(), D.train()
     device = next(model.parameters()).device
     rows = []
-    amp = data.autocast(cfg, device)
+    amp = runs.autocast(cfg, device)
     for x, _ in batches:
         eps, z_prior = torch.randn(2, x.shape[0], model.latent_dim, generator=noise).to(device).unbind(0)
         if cfg["channels_last"]:
@@ -181,7 +182,7 @@ def epoch_record(model, stats, test_x, cfg, device, epoch, seconds):
     m = dict(zip(STATS, stats.mean(0).tolist()))
     te = vae.evaluate(model, test_x[:EPOCH_TEST], device, cfg["seed"])
     if not math.isfinite(te["elbo"]):
-        raise data.NonFiniteLoss(f"test ELBO is {te['elbo']} after epoch {epoch + 1}: the weights are no longer "
+        raise runs.NonFiniteLoss(f"test ELBO is {te['elbo']} after epoch {epoch + 1}: the weights are no longer "
                                  "finite; stopped, last good checkpoint kept at "
                                  f"{os.path.join(cfg['out'], 'checkpoint.pt')}")
     return dict(epoch=epoch + 1, seconds=round(seconds, 3), train_elbo=m["mse"] + m["kl"], train_recon=m["mse"],
@@ -195,17 +196,17 @@ def train(cfg, device):
     """Train (or --resume) the run cfg describes; after every epoch OUT/checkpoint.pt and
     OUT/history.json. Returns the last checkpoint dict, from which everything after training reads."""
     ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
-    ckpt = data.resume_checkpoint(cfg, RESUME_KEYS, vae.DEFAULTS)   # None without --resume
+    ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS, vae.DEFAULTS)   # None without --resume
     print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, _ = data.load_cifar10(cfg["data_dir"], train=False, download=False)
-    batches = data.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"],
+    batches = runs.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"],
                            shuffle=True, drop_last=True)
     steps = len(batches)
     model, D = build_models(cfg, device)
     opt_vae = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=dcgan.BETAS)   # Enc and Dec
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=dcgan.BETAS)
-    print(f"params VAE {data.count_params(model):,} D {data.count_params(D):,} | device {device} | threads "
+    print(f"params VAE {runs.count_params(model):,} D {runs.count_params(D):,} | device {device} | threads "
           f"{torch.get_num_threads()} | {len(train_x)} train images | {steps} steps/epoch | gamma {cfg['gamma']:g} | "
           f"Dis_l = conv layer {cfg['feature_layer']}" + (" | channels_last" if cfg["channels_last"] else ""))
     history, start_epoch = {"epochs": []}, 0
@@ -221,10 +222,10 @@ def train(cfg, device):
     for epoch in range(start_epoch, cfg["epochs"]):
         # ---- forward, backward, update: one pass over the subset, timed as training ----
         t0 = time.perf_counter()
-        noise = torch.Generator().manual_seed(data.noise_seed(cfg["seed"], "vaegan", epoch))
+        noise = torch.Generator().manual_seed(runs.noise_seed(cfg["seed"], "vaegan", epoch))
         stats = train_epoch(model, D, opt_vae, opt_d, batches.epoch(epoch), noise, cfg)
         seconds = time.perf_counter() - t0
-        data.check_finite(stats, epoch * steps, steps, cfg["out"], STATS[:4], "try a lower --lr or --gamma")
+        runs.check_finite(stats, epoch * steps, steps, cfg["out"], STATS[:4], "try a lower --lr or --gamma")
 
         # ---- evaluation and logging: one line per epoch, with the ETA ----
         e = epoch_record(model, stats, test_x, cfg, device, epoch, seconds)
@@ -240,7 +241,7 @@ def train(cfg, device):
         ckpt = dict(model=model.state_dict(), D=D.state_dict(), opt_vae=opt_vae.state_dict(), opt_d=opt_d.state_dict(),
                     config=cfg, epoch=epoch + 1, step=(epoch + 1) * steps, metrics=history,
                     torch_version=str(torch.__version__))
-        data.atomic_torch_save(ckpt, ckpt_path)
+        runs.atomic_torch_save(ckpt, ckpt_path)
         data.write_json(os.path.join(cfg["out"], "history.json"), history)
     return ckpt
 
@@ -250,7 +251,7 @@ def gan_figures(cfg, ckpt):
     """The figures vae.evaluate_run does not know: the game's last epoch and the discriminator."""
     last = ckpt["metrics"]["epochs"][-1]
     return dict({k: last[k] for k in ("train_feature", "d_loss", "g_loss", "d_x", "d_rec", "d_prior")},
-                params_d=data.count_params(dcgan.Discriminator(cfg["width"])), gamma=cfg["gamma"],
+                params_d=runs.count_params(dcgan.Discriminator(cfg["width"])), gamma=cfg["gamma"],
                 feature_layer=cfg["feature_layer"],
                 gan_units="train_feature: the last epoch's mean feature error per image (what this model "
                           "minimises instead of the pixel recon); d_loss, g_loss: its BCE batch means (as "
@@ -277,11 +278,11 @@ def save_gan_curves(cfg, ckpt):
 
 # ==== Command line ============================================================================
 def parse_args(argv=None):
-    """The flags every training script shares (data.add_run_flags), then this model's own; all
-    validated before any work starts (data.cli_main turns the ValueError into one line, exit 2)."""
-    p = data.OneLineParser(description="VAE-GAN on CIFAR-10 (see the file docstring).",
+    """The flags every training script shares (runs.add_run_flags), then this model's own; all
+    validated before any work starts (runs.cli_main turns the ValueError into one line, exit 2)."""
+    p = runs.OneLineParser(description="VAE-GAN on CIFAR-10 (see the file docstring).",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
+    runs.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
     p.add_argument("--lr", type=float, default=LR, help="Adam learning rate of all three nets")
     p.add_argument("--gamma", type=float, default=GAMMA, help="weight of the feature error in Dec's loss")
     p.add_argument("--feature-layer", type=int, default=FEATURE_LAYER, choices=(1, 2, 3),
@@ -293,7 +294,7 @@ def parse_args(argv=None):
         raise ValueError(f"--lr must be a positive number, got {a.lr}")
     if not (math.isfinite(a.gamma) and a.gamma >= 0):
         raise ValueError(f"--gamma must be a number >= 0, got {a.gamma}")
-    data.check_run_flags(a)   # last: its --out and --resume checks touch the disk
+    runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
     return vars(a)
 
 
@@ -301,7 +302,7 @@ def parse_args(argv=None):
 def main(argv=None):
     t_start = time.perf_counter()
     cfg = parse_args(argv)
-    device = data.setup_run(cfg)
+    device = runs.setup_run(cfg)
     ckpt = train(cfg, device)                                   # checkpoint.pt, history.json
     figures, latents = vae.evaluate_run(cfg, ckpt, device)     # vae.py's figures of this VAE, probes
     figures.update(gan_figures(cfg, ckpt))
@@ -310,4 +311,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.cli_main(main)
+    runs.cli_main(main)

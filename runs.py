@@ -1,0 +1,431 @@
+"""runs.py -- the plumbing every training script shares (vae.py, dcgan.py, vaegan.py), written once
+so the scripts cannot drift apart. Read it on a second pass: the models and their training loops
+are in the model files; nothing here is about VAEs or GANs.
+
+What is here, in order:
+  the command line   one parser per script with --help grouped and an epilog of examples
+                     (make_parser), the 16 flags every script shares and their checks
+                     (add_run_flags, check_run_flags), and one-line errors (cli_main: a bad flag,
+                     missing data or a diverging run is one line on stderr and exit status 2)
+  device and speed   the device, CPU threads, deterministic kernels (setup_run); --precision
+                     bf16 as an autocast context (autocast)
+  checkpoints        written atomically (temp file, then rename), read back with weights_only,
+                     refused in one line when their settings differ (load_checkpoint, --resume)
+  seeds and batches  the seed of every random draw, a pure function of (seed, purpose, epoch), so
+                     a resumed run draws exactly what an uninterrupted one would (noise_seed); the
+                     subset as one uint8 tensor on the device, sliced into batches (Batches)
+  the stop           at the first non-finite loss, before anything of that epoch is saved
+                     (check_finite)
+  --bench            an epoch of our loop against the pytorch/examples DataLoader tutorial loop,
+                     steps taken in turn (bench, time_loops, tutorial_vae_step, tutorial_gan_step)
+
+It imports data.py (CIFAR-10, file writes), never a model file; it has no command of its own.
+"""
+import argparse
+import contextlib
+import io
+import math
+import os
+import sys
+import time
+
+import torch
+
+import data
+
+
+# ==== The command line: the flags every training script shares, and one-line errors ==========
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag raises ValueError, which cli_main prints as one line (exit 2)
+    instead of argparse's usage block."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def cli_main(main_fn):
+    """Run a script's main(); turn expected failures into one line on stderr and exit status 2."""
+    if hasattr(sys.stdout, "reconfigure"):  # progress lines appear at once under `| tee log` or `> log`
+        sys.stdout.reconfigure(line_buffering=True)
+    try:
+        main_fn()
+    except KeyboardInterrupt:
+        print("error: interrupted (files already written are complete; rerun with --resume "
+              "where the script has it)", file=sys.stderr)
+        sys.exit(2)
+    except (data.DataError, ValueError, OSError, RuntimeError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+PRECISIONS = ("fp32", "bf16")   # --precision of training (and metrics.py's of the Inception network)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with every default shown, and the epilog's example lines kept as written."""
+
+
+def make_parser(description, examples, outputs):
+    """The parser of a training script: its --help ends with example commands and the files a run
+    writes. The script adds its own flags first (they are listed first), then add_run_flags."""
+    epilog = ("examples:\n" + "\n".join(f"  {e}" for e in examples)
+              + "\n\noutputs in --out:\n" + "\n".join(f"  {o}" for o in outputs))
+    return OneLineParser(description=description, epilog=epilog, formatter_class=HelpFormatter)
+
+
+def add_run_flags(p, epochs, subset, batch_size, seed, out):
+    """Declare the 16 flags every training script takes, in their own --help group after the
+    script's own flags; the defaults come from each script's settings block. check_run_flags
+    validates them."""
+    p = p.add_argument_group("run settings, shared by vae.py, dcgan.py and vaegan.py (runs.py)")
+    p.add_argument("--epochs", type=int, default=epochs, help="total epochs (with --resume: the new total)")
+    p.add_argument("--subset", type=int, default=subset,
+                   help="training images, class-stratified: a multiple of 10 in [10, 50000]")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="images per step, in [2, --subset]")
+    p.add_argument("--seed", type=int, default=seed, help="init, data order and noise, in [0, 2**31)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="channel multiplier, in (0, 16] (1: the study's layer sizes)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N], mps")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default, "
+                   "one per core; 1 is faster when other jobs share the cores)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC memory format for the convolutions: oneDNN's fast path on CPUs (printed at "
+                   "start; numbers differ from --no-channels-last only by float rounding)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="training arithmetic: fp32, or bf16 = bfloat16 autocast around the forward passes "
+                   "(convolutions and matmuls in bf16; losses, BN statistics, weights and Adam in float32). "
+                   "Fast on CUDA and on CPUs with avx512_bf16/amx_bf16, emulated (slower) elsewhere; "
+                   "evaluation and pictures always run in float32")
+    p.add_argument("--tf32", action="store_true", help="CUDA only: float32 matmuls and convolutions in TF32 "
+                   "(faster on Ampere and later, different numbers; off by default)")
+    p.add_argument("--out", default=out, help="folder for every output")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-10-python.tar.gz")
+    p.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    p.add_argument("--no-probe", action="store_true", help="skip the linear probes at the end")
+    p.add_argument("--bench", action="store_true", help="time one epoch of this loop against the "
+                   "DataLoader tutorial loop (runs.bench), write bench.json, then exit")
+
+
+def check_run_flags(a):
+    """Validate the shared flags of an argparse namespace, one rule each, before any work starts
+    (cli_main prints the ValueError as one line). The checks that touch the disk come last, so a
+    script validates its own flags first and a bad value never leaves a folder behind."""
+    if a.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {a.epochs}")
+    if not 10 <= a.subset <= 50_000 or a.subset % 10:
+        raise ValueError(f"--subset must be a multiple of 10 in [10, 50000], got {a.subset}")
+    if not 2 <= a.batch_size <= a.subset:  # 1: BatchNorm would use one image's own statistics
+        raise ValueError(f"--batch-size must be in [2, --subset={a.subset}], got {a.batch_size}")
+    if not 0 <= a.seed < 2**31:
+        raise ValueError(f"--seed must be in [0, 2**31), got {a.seed}")
+    if not (math.isfinite(a.width) and 0 < a.width <= 16):
+        raise ValueError(f"--width must be in (0, 16], got {a.width}")
+    if a.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {a.threads}")
+    device = pick_device(a.device)  # raises ValueError on a bad or unavailable device
+    if a.tf32 and device.type != "cuda":
+        raise ValueError(f"--tf32 applies to CUDA GPUs only; this run's device is {device.type}")
+    if a.precision == "bf16" and device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--precision bf16 runs on CUDA or the CPU; on {device.type} use fp32")
+    try:  # an unwritable --out should fail now, not after the first epoch
+        os.makedirs(a.out, exist_ok=True)
+        probe = os.path.join(a.out, ".write_test.tmp")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"--out {a.out} is not a writable folder ({e.strerror or e})") from None
+    ckpt = os.path.join(a.out, "checkpoint.pt")
+    if a.resume and not os.path.isfile(ckpt):
+        raise ValueError(f"--resume: no checkpoint at {ckpt}; run without --resume to start afresh")
+
+
+def setup_run(cfg):
+    """The device of a run, its CPU threads, and deterministic kernels -> torch.device."""
+    device = pick_device(cfg["device"])
+    if cfg["threads"]:
+        # Each op splits over the threads and waits for the slowest; when another job holds a
+        # core, that wait dominates, so one thread can be much faster on a shared machine.
+        torch.set_num_threads(cfg["threads"])
+    if device.type == "cuda":  # same seed + device -> same numbers (cuDNN picks kernels by timing)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        # TF32 rounds float32 matmul inputs to 10 mantissa bits: off unless asked (PyTorch leaves
+        # it on for cuDNN convolutions by default, which would change an fp32 run's numbers)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.get("tf32"))
+    if cfg.get("precision") == "bf16":
+        print("precision bf16: " + ("bfloat16 autocast, native on this device" if native_bf16(device) else
+              "bfloat16 is EMULATED on this CPU (no avx512_bf16 or amx_bf16): slower than fp32, "
+              "use it here only to test"))
+    return device
+
+
+def native_bf16(device):
+    """True where bfloat16 matmuls run in hardware: CUDA GPUs (Ampere and later) and CPUs with
+    AVX512-BF16 or AMX (Linux /proc/cpuinfo flags). Elsewhere bf16 is emulated, and slower."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast(cfg, device):
+    """--precision as a context to wrap a training step's forward passes in: bfloat16 autocast
+    (convolutions, matmuls and Linear layers in bf16; weights, their gradients and Adam's state stay
+    float32, and so do BatchNorm's running statistics) or, for fp32, a context that does nothing.
+    Losses are computed on .float() outputs, and backward runs outside the context, as PyTorch's
+    autocast guide asks. A function, so each step opens a fresh context."""
+    if cfg.get("precision", "fp32") != "bf16":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def resume_checkpoint(cfg, same_keys, defaults=None):
+    """With --resume, OUT/checkpoint.pt, refused in one line if any of same_keys (the settings
+    that define the experiment) differs from this run's; without it, None."""
+    if not cfg["resume"]:
+        return None
+    return load_checkpoint(os.path.join(cfg["out"], "checkpoint.pt"), "run without --resume to start afresh",
+                           cfg, same_keys, defaults)
+
+
+# ==== Checkpoints: written atomically, refused in one line when they do not fit ==============
+def atomic_torch_save(obj, path):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data.atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path, hint, config=None, same_keys=(), defaults=None):
+    """Read a checkpoint that atomic_torch_save wrote. weights_only: tensors and plain containers,
+    no code from the file runs. A missing or unreadable file, or (given config) a saved config that
+    differs in any of same_keys, raises ValueError: one line naming the file and `hint`, what to do.
+    defaults: what a key missing from an older checkpoint's config meant (a setting added since)."""
+    if not os.path.exists(path):
+        raise ValueError(f"no checkpoint at {path}; {hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torn by hand, not a torch file, or holding objects weights_only refuses
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); {hint}") from None
+    for k in same_keys:
+        saved = ckpt["config"].get(k, (defaults or {}).get(k))
+        if saved != config[k]:
+            raise ValueError(f"{path} was made with {k}={saved}, this run has {config[k]}; "
+                             "pass the same settings")
+    return ckpt
+
+
+# ==== Seeds and batches ======================================================================
+# Every random draw of a run has its own seed, a pure function of (run seed, purpose, epoch), so a
+# resumed run redraws exactly what an uninterrupted one would, with no generator state to save.
+# The offsets keep the purposes apart (epochs stay far below 500,000). Other fixed draws (the
+# subset, the pictures' noise, the real images of dcgan.py's checks) use the run seed itself.
+NOISE_OFFSETS = {
+    "order": 0,            # data order of each epoch (Batches)
+    "vaegan": 300_000,     # vaegan.py: eps and the prior's z_p of each epoch's training steps
+    "gan_z": 500_000,      # dcgan.py: the z of each epoch's training steps
+    "vae_eps": 700_000,    # vae.py: the reparameterisation noise of each epoch's steps
+    "vae_eval": 900_000,   # vae.py: one fixed eps for the test ELBO, the same at every evaluation
+    "diffaug": 1_100_000,  # dcgan.py --diffaugment: the transforms of each epoch's batches
+}
+
+
+def noise_seed(seed, purpose, epoch=0):
+    """Seed of one CPU generator: seed * 1000003 + epoch + the purpose's offset."""
+    return seed * 1000003 + epoch + NOISE_OFFSETS[purpose]
+
+
+class Batches:
+    """Minibatches from one uint8 tensor that lives on the device (4x smaller than float).
+    The order of epoch e is a pure function of (seed, e), so a resumed run sees the very same
+    batches as an uninterrupted one, with no iterator state to save."""
+
+    def __init__(self, images, labels, batch_size, device="cpu", seed=42, shuffle=True,
+                 drop_last=False):
+        self.x = images.to(device)  # (N, 3, 32, 32) uint8
+        self.y = labels.to(device)  # (N,) int64
+        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
+
+    def __len__(self):
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, e):
+        n = len(self.x)
+        if self.shuffle:  # permutation drawn on the CPU: identical on every device
+            g = torch.Generator().manual_seed(noise_seed(self.seed, "order", e))
+            order = torch.randperm(n, generator=g).to(self.x.device)
+        else:
+            order = torch.arange(n, device=self.x.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield data.to_float(self.x[idx]), self.y[idx]
+
+
+# ==== The stop at a non-finite loss, and small helpers =======================================
+class NonFiniteLoss(ValueError):
+    """A loss became inf/nan; cli_main prints it as one line and exits with status 2."""
+
+
+def check_finite(stats, first_step, steps_per_epoch, out, names, hint):
+    """stats: (n, k) CPU tensor, one row per step from global step first_step (0-based), its first
+    columns the losses called `names`. Raise NonFiniteLoss naming the first step with a non-finite
+    one. Called before anything of the epoch is saved, so the checkpoint on disk is the last good one."""
+    bad = (~torch.isfinite(stats[:, :len(names)])).any(1).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        step = first_step + i
+        ckpt = os.path.join(out, "checkpoint.pt")
+        kept = f"last good checkpoint kept at {ckpt}" if os.path.exists(ckpt) else "no checkpoint written yet"
+        values = " ".join(f"{name}={stats[i, j].item()}" for j, name in enumerate(names))
+        raise NonFiniteLoss(f"non-finite loss at epoch {step // steps_per_epoch + 1}, step "
+                            f"{step % steps_per_epoch + 1} of {steps_per_epoch} (global step {step + 1}): "
+                            f"{values}; stopped, {kept}; {hint}")
+
+
+def channels(base, width):
+    """Channel count after the --width multiplier (at least 1)."""
+    return max(1, int(round(base * width)))
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+def pick_device(name="auto"):
+    """'auto' takes cuda, then mps (Apple GPUs, which the study used), then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+# ==== Speed check (--bench): our loop against the pytorch/examples tutorial loop =============
+BENCH_ROUNDS = 3  # epochs each loop is timed for; the fastest counts (other jobs only ever slow one)
+
+
+def _sync(device):
+    """Wait for the work queued on a GPU (a CPU runs each op before returning)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_loops(loops, steps, device, rounds=BENCH_ROUNDS, clock=time.perf_counter):
+    """Time training loops against each other, one step of each in turn, so that a machine shared
+    with other jobs slows them alike. loops: {name: (batches, step)}; batches(r) iterates over
+    the batches of round r, step(x) runs one training step on batch x. First one untimed step
+    each (oneDNN and cuDNN build their kernels on first use); then `rounds` epochs of `steps`
+    steps, each step timed from fetching its batch (where a DataLoader and a tensor on the device
+    differ) to the end of its work on the device. Returns {name: [seconds of each round]}."""
+    for batches, step in loops.values():
+        step(next(iter(batches(0))))
+    times = {name: [] for name in loops}
+    for r in range(rounds):
+        sources = {name: iter(batches(r)) for name, (batches, _) in loops.items()}
+        seconds = dict.fromkeys(loops, 0.0)
+        for _ in range(steps):
+            for name, (_, step) in loops.items():
+                t0 = clock()
+                step(next(sources[name]))
+                _sync(device)
+                seconds[name] += clock() - t0
+        for name in loops:
+            times[name].append(seconds[name])
+    return times
+
+
+def tutorial_vae_step(model, optimizer, x, device, loss_fn):
+    """One step of the pytorch/examples VAE loop, as written there: the batch (from a DataLoader
+    over a float TensorDataset) moved to the device, eps from randn_like, .item() every step (a
+    device sync). loss_fn is vae.vae_loss, so that only the loop differs from ours."""
+    x = x.to(device)
+    optimizer.zero_grad()
+    mu, logvar = model.encode(x)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    loss, _, _ = loss_fn(model.decode(z), x, mu, logvar)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def tutorial_gan_step(G, D, opt_g, opt_d, real, device):
+    """One step of the pytorch/examples DCGAN loop, as written there (.item() four times a step,
+    D's weight gradients computed in the G step too), with our models, optimisers and logit loss."""
+    criterion = torch.nn.BCEWithLogitsLoss()
+    real = real.to(device)
+    b = real.size(0)
+    D.zero_grad()
+    label = torch.full((b,), 1.0, device=device)
+    output = D(real)
+    err_d_real = criterion(output, label)
+    err_d_real.backward()
+    d_x = torch.sigmoid(output).mean().item()
+    fake = G(torch.randn(b, G.z_dim, device=device))
+    label.fill_(0.0)
+    output = D(fake.detach())
+    err_d_fake = criterion(output, label)
+    err_d_fake.backward()
+    d_g_z1 = torch.sigmoid(output).mean().item()
+    opt_d.step()
+    G.zero_grad()
+    label.fill_(1.0)
+    output = D(fake)
+    err_g = criterion(output, label)
+    err_g.backward()
+    opt_g.step()
+    return (err_d_real + err_d_fake).item(), err_g.item(), d_x, d_g_z1
+
+
+def bench(cfg, device, make_step, drop_last):
+    """The --bench of vae.py and dcgan.py, one harness for both: an epoch of our loop (the subset
+    as one uint8 tensor on the device, Batches) against the pytorch/examples tutorial loop (a
+    DataLoader with its defaults over a float TensorDataset, NCHW models), the same models from
+    the same init, batch size and drop_last; with --channels-last also ours without it.
+    make_step(cfg, device, tutorial) -> step(x) is the model file's part (its step, or with
+    tutorial the matching tutorial_*_step on its models). --precision bf16 runs our loops under
+    bfloat16 autocast; the tutorial's stays float32, as the tutorial is. Prints the figures,
+    writes OUT/bench.json (seconds: the fastest of BENCH_ROUNDS epochs) and returns its dict."""
+    train_x, train_y = data.load_subset(cfg)
+    ours = Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"], shuffle=True,
+                        drop_last=drop_last)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.to_float(train_x)),
+                                         batch_size=cfg["batch_size"], shuffle=True, drop_last=drop_last)
+    nchw = dict(cfg, channels_last=False)
+    loops = {"ours": (lambda r: (x for x, _ in ours.epoch(r)), make_step(cfg, device, False)),
+             "tutorial": (lambda r: (x for (x,) in loader), make_step(nchw, device, True))}
+    if cfg["channels_last"]:
+        loops["ours_nchw"] = (loops["ours"][0], make_step(nchw, device, False))
+    times = time_loops(loops, len(ours), device)
+    best = {name: min(t) for name, t in times.items()}
+    res = dict(subset=cfg["subset"], batch_size=cfg["batch_size"], steps=len(ours), rounds=BENCH_ROUNDS,
+               device=str(device), threads=torch.get_num_threads(), channels_last=cfg["channels_last"],
+               precision=cfg.get("precision", "fp32"),
+               torch=str(torch.__version__), ours_seconds=best["ours"], tutorial_seconds=best["tutorial"],
+               speedup=best["tutorial"] / best["ours"], ours_nchw_seconds=best.get("ours_nchw"),
+               all_seconds=times)
+    extra = f" | ours without channels_last {best['ours_nchw']:.2f} s" if "ours_nchw" in best else ""
+    print(f"one epoch of {len(ours)} steps: ours ({res['precision']}) {best['ours']:.2f} s | DataLoader tutorial "
+          f"{best['tutorial']:.2f} s | tutorial / ours = {res['speedup']:.2f}x (fastest of {BENCH_ROUNDS} "
+          f"epochs, steps taken in turn){extra}")
+    data.write_json(os.path.join(cfg["out"], "bench.json"), res)
+    return res
+
