@@ -23,8 +23,9 @@ allows only the three numpy names the official files use and refuses everything 
 
 The run plumbing the training scripts share (flags, seeds, batches, checkpoints) is in runs.py.
 
-What it leaves out on purpose: torchvision, PIL and matplotlib. The PNG encoder (zlib + struct),
-the bitmap font and the line chart below are a few dozen lines each and have no dependencies.
+What it leaves out on purpose: torchvision, PIL and matplotlib. The PNG encoder and decoder
+(zlib + struct), the bitmap font and the line chart below are a few dozen lines each and have no
+dependencies.
 The synthetic archives the tests load are written by test_all.py, not here.
 """
 import hashlib
@@ -330,6 +331,84 @@ def encode_png(img):
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, colour type 2 = RGB
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + \
         chunk(b"IEND", b"")
+
+
+PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> bytes per pixel at bit depth 8: grey,
+                                              # RGB, palette index, grey + alpha, RGBA
+
+
+def decode_png(raw, name="PNG"):
+    """PNG bytes -> uint8 (3, H, W), for images made elsewhere (metrics.py score). Reads what
+    standard encoders write at bit depth 8: colour types 0 and 4 (grey, copied to R, G and B),
+    2 (RGB), 3 (palette) and 6 (RGBA); alpha is dropped, not composited. Every row filter
+    (PNG spec 1.2, sec. 6): None, Sub, Up, Average, Paeth. Interlaced or 16-bit files, a bad
+    CRC or truncated data: ValueError, one line naming `name`."""
+    if raw[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{name}: not a PNG file")
+    pos, head, palette, idat = 8, None, None, []
+    while pos + 12 <= len(raw):                     # chunk: length, type, data, CRC(type + data)
+        n, kind = struct.unpack(">I4s", raw[pos:pos + 8])
+        body, crc = raw[pos + 8:pos + 8 + n], raw[pos + 8 + n:pos + 12 + n]
+        if len(crc) < 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + body) & 0xFFFFFFFF:
+            raise ValueError(f"{name}: truncated or corrupt PNG ({kind.decode('latin-1')} chunk)")
+        pos += 12 + n
+        if kind == b"IHDR" and n == 13:
+            head = struct.unpack(">IIBBBBB", body)   # width, height, depth, colour, -, -, interlace
+        elif kind == b"PLTE":
+            palette = np.frombuffer(body[:n - n % 3], np.uint8).reshape(-1, 3)   # (colours, 3)
+        elif kind == b"IDAT":                       # the zlib stream, cut into chunks
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    if head is None or not idat or (head[3] == 3 and palette is None):
+        raise ValueError(f"{name}: truncated PNG (no IHDR, IDAT or, for a palette, PLTE chunk)")
+    w, h, depth, ctype, _, _, interlace = head
+    if depth != 8 or interlace or ctype not in PNG_SAMPLES:
+        raise ValueError(f"{name}: a {depth}-bit PNG of colour type {ctype}"
+                         f"{', interlaced' if interlace else ''}: only 8-bit, non-interlaced "
+                         "grey, RGB, palette or RGBA PNGs are read")
+    bpp = PNG_SAMPLES[ctype]
+    try:
+        rows = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, w * bpp + 1)
+    except (zlib.error, ValueError):
+        raise ValueError(f"{name}: truncated or corrupt PNG (image data)") from None
+    px = np.zeros((h + 1, w * bpp), np.uint8)       # px[0]: the zeros 'above' the first row
+    for r in range(h):
+        filt, line, up = rows[r, 0], rows[r, 1:], px[r]
+        if filt == 0:                               # None
+            px[r + 1] = line
+        elif filt == 1:                             # Sub: + the byte one pixel left (mod 256)
+            px[r + 1] = np.cumsum(line.reshape(w, bpp), axis=0, dtype=np.uint8).ravel()
+        elif filt == 2:                             # Up: + the byte above
+            px[r + 1] = line + up
+        elif filt in (3, 4):
+            px[r + 1] = _unfilter_png_row(filt, line, up, bpp)
+        else:
+            raise ValueError(f"{name}: row {r} has filter type {filt}; PNG defines 0 to 4")
+    px = px[1:].reshape(h, w, bpp)
+    if ctype == 3:
+        if px.max() >= len(palette):
+            raise ValueError(f"{name}: a pixel indexes past the palette's {len(palette)} colours")
+        px = palette[px[..., 0]]                    # (H, W, 3)
+    rgb = px[..., :3] if ctype in (2, 3, 6) else px[..., :1].repeat(3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def _unfilter_png_row(filt, line, up, bpp):
+    """Average (3: + floor((left + above) / 2)) and Paeth (4: + whichever of left, above,
+    upper-left is nearest to left + above - upper-left, ties in that order) of one row. Each byte
+    needs the decoded byte one pixel to its left, so this goes byte by byte, on Python ints."""
+    line, up, cur = line.tobytes(), up.tobytes(), bytearray(len(line))
+    for i in range(len(line)):
+        a, b = cur[i - bpp] if i >= bpp else 0, up[i]
+        if filt == 3:
+            pred = (a + b) >> 1
+        else:
+            c = up[i - bpp] if i >= bpp else 0
+            pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)    # |p - a|, |p - b|, |p - c|
+            pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+        cur[i] = (line[i] + pred) & 255
+    return np.frombuffer(bytes(cur), np.uint8)
 
 
 def save_image(img, path):

@@ -36,6 +36,9 @@ Run
                         # two disjoint stratified draws of 500 test images: the floor that
                         # generated images are measured against at this N
     python metrics.py --fid-net data/fid_inception.pt --n 5000 --vs train   # test vs train
+    python metrics.py score IMAGES --fid-net data/fid_inception.pt --n 1000 --json scores.json
+                        # any uint8 images (an .npz, or a folder of PNGs) against as many CIFAR-10
+                        # images, scored as compare.py scores a model's samples
 
 Figures measured with it are in README.md (Results, and 'FID network' for speed).
 
@@ -85,6 +88,8 @@ PARTIAL_EVERY = 1000       # a set's features so far are saved every this many i
 IS_CLASSES = 1008          # the reference network's classifier: 1008 outputs (1000 ImageNet
                            # classes plus 8 unused), as in TF's 2015 graph
 IS_SPLITS = 10             # Inception Score: mean +- std over 10 splits (Salimans et al. 2016)
+EVAL_SEED = 1234           # draws the N reference images (N/10 per class) and KID's subsets, for
+                           # compare.py and `score` alike: one reference set, one cache, per N
 
 
 # ---------------------------------------------------------------------------------------------
@@ -726,6 +731,78 @@ def inception_score(features, head, splits=IS_SPLITS):
 
 
 # ---------------------------------------------------------------------------------------------
+# Scoring an image set against CIFAR-10: the reference draw, its cached features, the figures
+# (compare.py and `python metrics.py score` share them, so they share the caches too)
+# ---------------------------------------------------------------------------------------------
+def reference_images(data_dir, ref, n, download=True):
+    """n real images of the CIFAR-10 split `ref` ('test' or 'train'), n/10 per class, drawn with
+    EVAL_SEED -> uint8 (n, 3, 32, 32): the same images for every set scored at this n."""
+    x, y = data.load_cifar10(data_dir, train=ref == "train", download=download)
+    return x[data.stratified_indices(y, n, seed=EVAL_SEED)]
+
+
+def reference_features(net, ref, n, data_dir, device, precision="fp32", download=True,
+                       batch_size=50):
+    """(n, 2048) Inception features of reference_images, cached (cached_features) in
+    data_dir/fid_cache/{ref}-{n}-{EVAL_SEED}-{net.tag}-{PREPROCESS}-{precision}.npz."""
+    name = f"{ref}-{n}-{EVAL_SEED}-{net.tag}-{PREPROCESS}-{precision}.npz"
+    return cached_features(net, reference_images(data_dir, ref, n, download), device,
+                           os.path.join(data_dir, "fid_cache", name), batch_size=batch_size,
+                           precision=precision)
+
+
+def protocol(n, ref, net, precision):
+    """What a figure is measured against, stored beside it: N images per set, the reference
+    split, the network file's tag, the preprocessing and the forward pass's precision."""
+    return dict(n=n, ref=ref, net=net.tag, preprocess=PREPROCESS, fid_precision=precision)
+
+
+def score_features(real_f, fake_f, net, proto):
+    """generative_scores of one feature set against the reference (KID subsets drawn with
+    EVAL_SEED) and its Inception Score where the network has a classifier head (else is_mean
+    and is_std are None); the protocol dict rides along with the numbers."""
+    sc = generative_scores(real_f, fake_f, seed=EVAL_SEED)
+    sc["is_mean"], sc["is_std"] = (inception_score(fake_f, net.head) if net.head is not None
+                                   else (None, None))
+    return dict(sc, **proto)
+
+
+def load_images(path, key=None, n=None):
+    """IMAGES of `score` -> uint8 (N, 3, H, W), the first n (default all): a folder of .png files
+    (sorted by name, decoded by data.decode_png) or an .npz of uint8 (N, H, W, 3) or
+    (N, 3, H, W) images (channels last when the last axis is 3), the array named `key` or the
+    file's only one. Any H x W is taken: the network's own resize (resize_tf1) brings every size
+    to 299 x 299, as the reference file does. Anything else: ValueError, one line."""
+    if os.path.isdir(path):
+        names = sorted(f for f in os.listdir(path) if f.lower().endswith(".png"))[:n]
+        if not names:
+            raise ValueError(f"{path}: no .png files in this folder")
+        imgs = []
+        for f in names:
+            with open(os.path.join(path, f), "rb") as fh:
+                imgs.append(data.decode_png(fh.read(), os.path.join(path, f)))
+            if imgs[-1].shape != imgs[0].shape:
+                raise ValueError(f"{path}: {f} is {tuple(imgs[-1].shape)}, {names[0]} "
+                                 f"{tuple(imgs[0].shape)}: every image must have one size")
+        return torch.stack(imgs)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.files)
+            only = names[0] if key is None and len(names) == 1 else key
+            x = z[only] if only in names else None
+    except Exception as e:  # no such file, not NumPy's zip format, a torn file, pickled objects
+        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    if x is None:
+        raise ValueError(f"{path} holds the arrays {', '.join(names) or '(none)'}: "
+                         + (f"none named {key!r}" if key else "name one with --key"))
+    if x.dtype != np.uint8 or x.ndim != 4 or 3 not in (x.shape[1], x.shape[3]):
+        raise ValueError(f"{path}: images must be uint8 (N, H, W, 3) or (N, 3, H, W), not "
+                         f"{x.dtype} {x.shape}")
+    x = x[:n].transpose(0, 3, 1, 2) if x.shape[3] == 3 else x[:n]
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+# ---------------------------------------------------------------------------------------------
 # Training runs (vae.py, dcgan.py): probe figures, sample diversity and memorisation
 # ---------------------------------------------------------------------------------------------
 
@@ -770,23 +847,105 @@ def mean_nearest_distance(queries, reference, chunk=2000):
 
 
 # ---------------------------------------------------------------------------------------------
+# Few-label probes: the linear probe with only a few labelled images per class
+# ---------------------------------------------------------------------------------------------
+def few_label_probe(train_f, train_y, test_f, test_y, sizes, draws, seed, whole=None):
+    """How good are features when labels are few (the semi-supervised question)? For each size k
+    in `sizes` that the training set holds, linear_probe fitted on k labelled rows per class,
+    once per draw, each fit scored on all of (test_f, test_y). Draw i is
+    data.stratified_indices(train_y, 10 * k, seed + i) of (train_f, train_y), the features of a
+    run's training subset. A size that takes every row has one draw (all draws would be that
+    set); the probe's own seed (its held-out split) is `seed` throughout, so there the fit is the
+    one probe_figures makes with that seed, and `whole`, its figure where already measured, is
+    taken instead of fitting again. -> {str(k): [test accuracy in [0, 1] of each draw]}."""
+    train_f, train_y = _as_numpy(train_f), _as_numpy(train_y)
+    out = {}
+    for k in sizes:
+        n = 10 * k
+        if n > len(train_y):
+            continue
+        if n == len(train_y) and whole is not None:
+            out[str(k)] = [whole]
+            continue
+        out[str(k)] = []
+        for i in range(1 if n == len(train_y) else draws):
+            idx = data.stratified_indices(train_y, n, seed=seed + i).numpy()
+            fit = linear_probe(train_f[idx], train_y[idx], test_f, test_y, seed=seed)
+            out[str(k)].append(fit["acc"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line: metric sanity checks on real data
 # ---------------------------------------------------------------------------------------------
-def main(argv=None):
-    p = runs.OneLineParser(description="FID/KID/precision/recall between two real image sets "
-                                "(a floor for what generated images can reach), and the raw-pixel probe.")
+def add_fid_flags(p):
+    """The flags both commands share: where CIFAR-10 is, the network file, how to run it."""
     p.add_argument("--data-dir", default="data", help="folder holding the CIFAR-10 archive")
     p.add_argument("--no-download", action="store_true", help="never try to download the archive")
-    # sample metrics
     p.add_argument("--fid-net", default=None, help="TorchScript Inception-v3 file (e.g. data/fid_inception.pt)")
-    p.add_argument("--n", type=int, default=500, help="images per set (multiple of 10; FID needs > 2048)")
-    p.add_argument("--vs", choices=["test", "train"], default="test",
-                   help="test: two disjoint halves of the test set; train: test images vs training images")
     p.add_argument("--batch-size", type=int, default=50, help="images per Inception forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="Inception forward pass: fp32 (the field's protocol) or bf16 autocast (faster "
                         "on a GPU or a CPU with native bfloat16)")
+
+
+def score_main(argv):
+    """python metrics.py score IMAGES --fid-net NET: KID, precision, recall, FID (N > 2048) and IS
+    (a network file with its classifier head) of any uint8 images against N CIFAR-10 images,
+    exactly as compare.py scores a model's samples: same reference draw, caches and protocol."""
+    p = runs.OneLineParser(prog="metrics.py score", description=score_main.__doc__)
+    p.add_argument("images", metavar="IMAGES", help="an .npz of uint8 images, (N, H, W, 3) or "
+                   "(N, 3, H, W), or a folder of 8-bit .png files (taken in name order)")
+    p.add_argument("--key", default=None, help="the .npz array to read (default: its only one)")
+    p.add_argument("--n", type=int, default=None, help="score the first N images (default all); "
+                   "a multiple of 10, as the reference draw takes N/10 per class")
+    p.add_argument("--ref", choices=["test", "train"], default="test",
+                   help="the CIFAR-10 split the N reference images are drawn from")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the figures here")
+    add_fid_flags(p)
+    args = p.parse_args(argv)
+    if not args.fid_net or args.batch_size < 1:
+        p.error("score needs --fid-net PATH (README.md, 'FID network') and --batch-size >= 1")
+    x = load_images(args.images, args.key, args.n)
+    n = len(x) if args.n is None else args.n
+    if not (10 <= n <= len(x) and n % 10 == 0):
+        raise ValueError(f"{args.images}: {len(x)} images, N = {n}: N must be a multiple of 10 "
+                         "(the reference draw takes N/10 per class), from 10 to the images given"
+                         + (f": try --n {len(x) // 10 * 10}" if len(x) >= 10 else ""))
+    device = runs.pick_device(args.device)
+    net = load_fid_net(args.fid_net, device)
+    proto = protocol(n, args.ref, net, args.precision)
+    print(f"score: {n:,} images ({x.shape[2]} x {x.shape[3]}) of {args.images} vs {n:,} CIFAR-10 "
+          f"{args.ref} images ({n // 10:,} per class, seed {EVAL_SEED}); {net.tag}, {PREPROCESS}, "
+          f"{args.precision}")
+    real_f = reference_features(net, args.ref, n, args.data_dir, device, args.precision,
+                                download=not args.no_download, batch_size=args.batch_size)
+    fake_f = inception_features(net, x, device, batch_size=args.batch_size,
+                                precision=args.precision)
+    sc = dict(score_features(real_f, fake_f, net, proto), images=args.images)
+    is_ = ("not measured (no classifier head)" if sc["is_mean"] is None
+           else f"{sc['is_mean']:.2f} +- {sc['is_std']:.2f}")
+    print(f"KID {1000 * sc['kid_mean']:.2f} +- {1000 * sc['kid_std']:.2f} (x1000)  precision "
+          f"{sc['precision']:.3f}  recall {sc['recall']:.3f}  FID "
+          + (sc["fid_note"] if sc["fid"] is None else f"{sc['fid']:.2f}") + f"  IS {is_}")
+    if args.json:
+        data.write_json(args.json, sc)
+        print(f"wrote {args.json}")
+    return sc
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["score"]:
+        return score_main(argv[1:])
+    p = runs.OneLineParser(description="FID/KID/precision/recall between two real image sets "
+                                "(a floor for what generated images can reach), and the raw-pixel probe.",
+                           epilog="python metrics.py score --help: scoring any images instead")
+    add_fid_flags(p)
+    p.add_argument("--n", type=int, default=500, help="images per set (multiple of 10; FID needs > 2048)")
+    p.add_argument("--vs", choices=["test", "train"], default="test",
+                   help="test: two disjoint halves of the test set; train: test images vs training images")
     p.add_argument("--allow-singular-fid", action="store_true",
                    help="compute FID even with n <= 2048 (biased; for smoke runs)")
     # probe

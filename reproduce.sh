@@ -19,7 +19,7 @@
 # Time on the 2-core CPUs here (they differ by up to 2x): 15 to 30 minutes of training (VAE 1.5-3,
 # DCGAN 14-26.5) and 8 to 11 more for the Inception features of 1,000 images per set. Measured
 # from a fresh clone: 28m31s on a CPU with avx512_bf16 (22m10s with --precision bf16, 19m55s with
-# --fid-precision bf16 too), 43m21s on a slower one (README.md, "Reproducibility and speed").
+# --fid-precision bf16 too), 43m21s on a slower one (docs/results.md, "Whole runs in bf16").
 set -euo pipefail
 cd "$(dirname "$0")"
 DATA_DIR=${DATA_DIR:-data}

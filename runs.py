@@ -26,9 +26,11 @@ import contextlib
 import io
 import math
 import os
+import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 import data
@@ -106,12 +108,22 @@ def add_run_flags(p, epochs, subset, batch_size, seed, out):
     p.add_argument("--no-probe", action="store_true", help="skip the linear probes at the end")
     p.add_argument("--bench", action="store_true", help="time one epoch of this loop against the "
                    "DataLoader tutorial loop (runs.bench), write bench.json, then exit")
+    p.add_argument("--export", nargs=2, metavar=("N", "PATH"), default=None,
+                   help="write N images of the finished run in OUT (its checkpoint) to PATH, then exit: "
+                   "PATH.npz (uint8, NHWC, key 'images') or, when PATH ends in /, one PNG per image; "
+                   "the very images compare.py scores (noise seed metrics.EVAL_SEED)")
+    p.add_argument("--export-recon", action="store_true", help="with --export, the VAEs only: "
+                   "reconstructions of the N reference test images compare.py uses, not samples")
 
 
 def check_run_flags(a):
     """Validate the shared flags of an argparse namespace, one rule each, before any work starts
     (cli_main prints the ValueError as one line). The checks that touch the disk come last, so a
     script validates its own flags first and a bad value never leaves a folder behind."""
+    if a.export is not None:
+        a.export = [check_export_count(a.export[0], a.export_recon), a.export[1]]
+    elif a.export_recon:
+        raise ValueError("--export-recon goes with --export N PATH")
     if a.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {a.epochs}")
     if not 10 <= a.subset <= 50_000 or a.subset % 10:
@@ -138,6 +150,8 @@ def check_run_flags(a):
     except OSError as e:
         raise ValueError(f"--out {a.out} is not a writable folder ({e.strerror or e})") from None
     ckpt = os.path.join(a.out, "checkpoint.pt")
+    if a.export is not None and not os.path.isfile(ckpt):
+        raise ValueError(f"--export: no checkpoint at {ckpt}; train the run first (same --out)")
     if a.resume and not os.path.isfile(ckpt):
         raise ValueError(f"--resume: no checkpoint at {ckpt}; run without --resume to start afresh")
 
@@ -429,3 +443,69 @@ def bench(cfg, device, make_step, drop_last):
     data.write_json(os.path.join(cfg["out"], "bench.json"), res)
     return res
 
+
+# ==== Provenance: is a finished run the one asked for, and which code made it =================
+def config_differences(saved, want, defaults=None, ignore=()):
+    """['epochs 1 -> 20', ...]: the keys of config `want` (all but `ignore`) whose value in the
+    saved config differs. A key missing from an older saved config means what `defaults` says
+    (a setting added since: the older code ran as its default does)."""
+    defaults = defaults or {}
+    return [f"{k} {saved.get(k, defaults.get(k))} -> {v}" for k, v in want.items()
+            if k not in ignore and saved.get(k, defaults.get(k)) != v]
+
+
+def git_commit(folder=None):
+    """The commit checked out where this code lives (folder: default runs.py's own), 40 hex
+    digits; None outside a git checkout or where git is not installed. Uncommitted edits are not
+    in it."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=30, cwd=folder or os.path.dirname(os.path.abspath(__file__)))
+    except (OSError, subprocess.SubprocessError):   # no git on PATH, or it hung
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+# ==== --export: a finished run's images, for other tools ======================================
+def check_export_count(text, recon):
+    """--export's N as an int: >= 1; for reconstructions a multiple of 10 up to 10,000 (they are of
+    the reference draw of N test images, N/10 per class, as compare.py scores them)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"--export N PATH: N must be a whole number, got {text!r}") from None
+    if n < 1 or (recon and (n > 10_000 or n % 10)):
+        raise ValueError(f"--export N must be >= 1 (with --export-recon a multiple of 10 up to "
+                         f"10000), got {n}")
+    return n
+
+
+def export_images(images, path):
+    """uint8 (N, 3, H, W) -> PATH: an .npz with key "images" in NHWC (the layout torch-fidelity,
+    clean-fid and `python metrics.py score` read), or, when PATH ends in /, PATH/00000.png, ...
+    Each file is written atomically."""
+    if path.endswith("/"):
+        for i, img in enumerate(images):
+            data.save_image(img, os.path.join(path, f"{i:05d}.png"))
+    else:
+        buf = io.BytesIO()
+        np.savez(buf, images=images.permute(0, 2, 3, 1).contiguous().numpy())
+        data.atomic_write_bytes(path, buf.getvalue())
+
+
+def export(cfg, script, image_sets):
+    """--export N PATH: the images of the run in cfg["out"], written by export_images.
+    image_sets: {"samples": fn(ckpt, n), "reconstructions": fn(ckpt, n)} of the model file; a
+    checkpoint that records another script is refused (older ones record none)."""
+    path = os.path.join(cfg["out"], "checkpoint.pt")
+    ckpt = load_checkpoint(path, "train the run first (same --out), then --export")
+    if ckpt.get("script", script) != script:
+        raise ValueError(f"--export: {path} was made by {ckpt['script']}, not {script}; run that script")
+    what = "reconstructions" if cfg["export_recon"] else "samples"
+    if what not in image_sets:
+        raise ValueError(f"--export-recon: {script} has no encoder, so no reconstructions")
+    n, out = cfg["export"]
+    images = image_sets[what](ckpt, n)
+    export_images(images, out)
+    print(f"wrote {n} {what} of {path} (epoch {ckpt['epoch']}) to {out}")
+    return images

@@ -605,7 +605,8 @@ class TestMixedPrecision(OneThread):
         seen_g, seen_d = self.conv_dtypes(G), self.conv_dtypes(D)
         amp = runs.autocast({"precision": "bf16"}, torch.device("cpu"))
         x, z = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, dcgan.Z_DIM)
-        out = dcgan.train_step(G, D, opt_g, opt_d, x, z, (10.0, torch.rand(4, 1, 1, 1)), True, None, amp)
+        step = dcgan.select_step(cfg, torch.Generator().manual_seed(0), 0, "cpu")   # WGAN-GP's
+        out = step(G, D, opt_g, opt_d, x, z, amp)
         self.assertEqual((seen_g, seen_d), ({torch.bfloat16}, {torch.bfloat16}))
         self.assertEqual(out.dtype, torch.float32)
         self.assertTrue(torch.isfinite(out).all())
@@ -869,16 +870,29 @@ class TestVAERun(OneThread):
         ck = _vae_load(os.path.join(out, "checkpoint.pt"))
         samples = vae.sample_images(ck, vae.N_SAMPLES, 42)             # the run's seed
         self.assertEqual((samples.dtype, tuple(samples.shape)), (torch.uint8, (64, 3, 32, 32)))
-        png = decode_png(read_bytes(os.path.join(out, "samples.png")))
-        self.assertTrue(np.array_equal(png, data.make_grid(samples, nrow=8).permute(1, 2, 0).numpy()))
+        def grid_block(name, want):   # the grid, pixel-exact, is the PNG's bottom-right block
+            png = decode_png(read_bytes(os.path.join(out, name)))
+            want = want.permute(1, 2, 0).numpy()
+            h, w = want.shape[:2]
+            self.assertTrue(np.array_equal(png[-h:, -w:], want), name)
+            return png.shape[0] - h, png.shape[1] - w        # caption above, row labels left
+        above, left = grid_block("samples.png", data.make_grid(samples, nrow=8))
+        self.assertGreater(above, 0)
+        self.assertEqual(left, 0)
         test_x, _ = data.load_cifar10(os.path.join(self.root, "data"), train=False, download=False)
         rec = vae.reconstruct_images(ck, test_x[:16])
-        png = decode_png(read_bytes(os.path.join(out, "reconstructions.png")))
         want = data.make_grid(torch.cat([test_x[:8], rec[:8], test_x[8:16], rec[8:]]))   # images over recons
-        self.assertTrue(np.array_equal(png, want.permute(1, 2, 0).numpy()))
+        self.assertGreater(min(grid_block("reconstructions.png", want)), 0)
+        # interpolations.png: its first and last columns are the real test images A and B
+        png = decode_png(read_bytes(os.path.join(out, "interpolations.png")))
+        grid = png[-(8 * 34 + 2):, -(10 * 34 + 2):]                  # 8 rows of 10 tiles of 32 + 2
+        for k in range(8):
+            tile = lambda col: grid[2 + 34 * k:34 * (k + 1), 2 + 34 * col:34 * (col + 1)]
+            self.assertTrue(np.array_equal(tile(0), test_x[2 * k].permute(1, 2, 0).numpy()), k)
+            self.assertTrue(np.array_equal(tile(9), test_x[2 * k + 1].permute(1, 2, 0).numpy()), k)
         # compare.py scores exactly these images
         with mock.patch.object(compare, "load_checkpoint", lambda run_dir: ck):
-            sets = compare.vae_images(out, test_x, 10, "cpu")
+            sets = compare.run_images("vae", out, test_x, 10, "cpu")
         self.assertTrue(torch.equal(sets["samples"], vae.sample_images(ck, 10, compare.EVAL_SEED)))
         self.assertTrue(torch.equal(sets["reconstructions"], vae.reconstruct_images(ck, test_x[:10])))
 
@@ -1009,6 +1023,20 @@ class TestDcganModel(OneThread):
         big = torch.full((3,), 30.0)  # stable on logits: no log(0) for a confident D
         self.assertLess(dcgan.d_loss_fn(big, -big).item(), 1e-6)
 
+    def test_help_lists_own_flags_then_shared_with_examples_and_outputs(self):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            dcgan.parse_args(["--help"])
+        text = out.getvalue()
+        groups = [text.index(g) for g in ("the DCGAN:", "remedies, off by", "run settings,")]
+        self.assertEqual(groups, sorted(groups))
+        self.assertLess(text.index("--lr-d"), text.index("--loss"))
+        self.assertLess(text.index("--ema"), text.index("--epochs"))
+        for line in dcgan.EXAMPLES + dcgan.OUTPUTS:
+            self.assertIn(line, text)
+        self.assertIn("--epochs 5 --width 0.5 --threads 1 --no-probe", dcgan.__doc__)  # quick look
+        self.assertTrue(all(len(line) <= 100 for line in dcgan.__doc__.splitlines()))
+
 
 class TestDcganRemedies(OneThread):
     """WGAN-GP, DiffAugment and the EMA generator (issue 11) against references."""
@@ -1048,10 +1076,92 @@ class TestDcganRemedies(OneThread):
             fake = G(z)
         s_real, s_fake = D0(x), D0(fake)
         want_d = s_fake.mean() - s_real.mean() + 10.0 * dcgan.gradient_penalty(D0, x, fake, alpha)
-        out = dcgan.train_step(G, D, opt_g, opt_d, x, z, (10.0, alpha), update_g=False)
-        self.assertAlmostEqual(float(out[0]), float(want_d), places=5)
+        out = dcgan.game_step(G, D, opt_g, opt_d, x, z, dcgan.LOSSES["wgan-gp"], dcgan.as_is, alpha,
+                              10.0, False, contextlib.nullcontext)
+        self.assertAlmostEqual(float(out[0]), float(want_d.detach()), places=5)
         self.assertAlmostEqual(float(out[1]), float(-s_fake.mean()), places=5)   # G's loss before the update
         self.assertAlmostEqual(float(out[2]), float(s_real.mean()), places=5)    # raw scores, no sigmoid
+
+    def test_hinge_loss_against_a_per_sample_reference(self):
+        hinge = dcgan.LOSSES["hinge"]
+        real = torch.tensor([2.0, 1.0, 0.3, -0.5, -3.0], dtype=torch.float64)
+        fake = torch.tensor([-2.0, -1.0, -0.2, 0.7, 4.0, 0.0], dtype=torch.float64)
+        want_d = (sum(max(0.0, 1 - float(s)) for s in real) / len(real)          # Lim & Ye 2017
+                  + sum(max(0.0, 1 + float(s)) for s in fake) / len(fake))
+        self.assertAlmostEqual(float(hinge.d_loss(real, fake)), want_d, places=12)
+        self.assertAlmostEqual(float(hinge.g_loss(fake)), -sum(float(s) for s in fake) / len(fake),
+                               places=12)
+        # beyond the margins (reals >= 1, fakes <= -1) D's loss is 0 and has no gradient
+        r = torch.tensor([1.0, 5.0], requires_grad=True)
+        f = torch.tensor([-1.0, -7.0], requires_grad=True)
+        loss = hinge.d_loss(r, f)
+        loss.backward()
+        self.assertEqual([float(t.abs().sum()) for t in (loss.detach(), r.grad, f.grad)], [0.0] * 3)
+        self.assertTrue(hinge.shown(real) is real)                    # scores shown as they are
+
+    def test_every_loss_builds_its_d_by_its_own_entry(self):
+        # BN leaves D for a per-sample penalty or spectral norm, never because of a loss's name
+        for name, loss in dcgan.LOSSES.items():
+            for sn in (False, True):
+                D = dcgan.build_models(_dcgan_cfg(width=0.25, loss=name, spectral_norm=sn))[1]
+                has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+                self.assertEqual(has_bn, not (loss.penalty or sn), (name, sn))
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, loss in dcgan.LOSSES.items():
+                cfg = dcgan.parse_args(["--out", tmp, "--loss", name])
+                self.assertEqual((cfg["lr_d"], cfg["lr_g"], cfg["betas"], cfg["n_critic"]),
+                                 (loss.lr, loss.lr, list(loss.betas), loss.n_critic), name)
+            hinge = dcgan.parse_args(["--out", tmp, "--loss", "hinge"])
+        self.assertEqual((hinge["betas"], hinge["lr_d"], hinge["n_critic"]), ([0.5, 0.999], 2e-4, 1))
+
+    def test_the_remedies_step_is_train_step_for_the_plain_game(self):
+        # game_step with the bce pair, D seeing x as it is and G updated: train_step to the bit
+        x, z = torch.rand(6, 3, 32, 32) * 2 - 1, torch.randn(6, dcgan.Z_DIM)
+        results = []
+        for step in ("train_step", "game_step"):
+            G, D = dcgan.build_models(_dcgan_cfg(width=0.25))
+            opt_g, opt_d = dcgan.optimisers(G, D, dict(lr_g=2e-4, lr_d=2e-4))
+            if step == "train_step":
+                out = dcgan.train_step(G, D, opt_g, opt_d, x, z)
+            else:
+                out = dcgan.game_step(G, D, opt_g, opt_d, x, z, dcgan.LOSSES["bce"], dcgan.as_is,
+                                      None, 10.0, True, contextlib.nullcontext)
+            results.append((out, G.state_dict(), D.state_dict()))
+        (a, ga, da), (b, gb, db) = results
+        self.assertTrue(torch.equal(a, b))
+        for k in ga:
+            self.assertTrue(torch.equal(ga[k], gb[k]), k)
+        for k in da:
+            self.assertTrue(torch.equal(da[k], db[k]), k)
+        # and the plain game is what select_step picks; a remedy is not
+        noise = torch.Generator().manual_seed(0)
+        plain = dcgan.select_step(dict(_dcgan_cfg(), n_critic=1), noise, 0, "cpu")
+        self.assertIs(plain, dcgan.train_step)
+        for extra in (dict(loss="hinge"), dict(n_critic=2), dict(diffaugment=["cutout"])):
+            step = dcgan.select_step(dict(_dcgan_cfg(), **extra), noise, 0, "cpu")
+            self.assertIsNot(step, dcgan.train_step, extra)
+
+    def test_ema_follows_g_steps_only_and_alpha_follows_z(self):
+        cfg = _dcgan_cfg(width=0.25, loss="wgan-gp", n_critic=2, gp_weight=10.0)
+        G, D = dcgan.build_models(cfg)
+        opt_g, opt_d = dcgan.optimisers(G, D, dict(cfg, lr_g=1e-4, lr_d=1e-4))
+        G_ema = copy.deepcopy(G)
+        dcgan.add_ema(G_ema, G, opt_g, 0.5)
+        noise = torch.Generator().manual_seed(3)
+        step = dcgan.select_step(cfg, noise, 0, "cpu")
+        x = torch.rand(4, 3, 32, 32) * 2 - 1
+        snapshot = lambda m: [p.clone() for p in m.parameters()]
+        before, g_before = snapshot(G_ema), snapshot(G)
+        step(G, D, opt_g, opt_d, x, torch.randn(4, dcgan.Z_DIM))    # critic-only: G, G_ema stay
+        self.assertTrue(all(torch.equal(a, b) for a, b in zip(before, snapshot(G_ema))))
+        self.assertTrue(all(torch.equal(a, b) for a, b in zip(g_before, snapshot(G))))
+        step(G, D, opt_g, opt_d, x, torch.randn(4, dcgan.Z_DIM))    # G step: G_ema halfway
+        for a, g, e in zip(before, snapshot(G), snapshot(G_ema)):
+            self.assertTrue(torch.allclose(e, 0.5 * a + 0.5 * g, atol=1e-6))
+        # alpha came from `noise`, one (B, 1, 1, 1) draw per step after the step's z: two draws
+        g = torch.Generator().manual_seed(3)
+        torch.rand(4, 1, 1, 1, generator=g), torch.rand(4, 1, 1, 1, generator=g)
+        self.assertTrue(torch.equal(torch.rand(5, generator=g), torch.rand(5, generator=noise)))
 
     def test_diffaugment_shape_range_seed_and_gradient(self):
         x = torch.rand(6, 3, 32, 32) * 2 - 1
@@ -1247,7 +1357,7 @@ class TestDcganRun(OneThread):
                ["--lr-d", "-1"], ["--lr-g", "nan"], ["--device", "tpu"], ["--bogus"], ["--epochs", "abc"],
                ["--log-every", "-2"], ["--batch-size", "200"], ["--seed", "-1"], ["--threads", "-1"],
                ["--n-critic", "0"], ["--gp-weight", "-1"], ["--diffaugment", "color,flip"], ["--ema", "1"],
-               ["--ema", "-0.1"], ["--loss", "hinge"], ["--loss", "wgan-gp", "--minibatch-disc"],
+               ["--ema", "-0.1"], ["--loss", "lsgan"], ["--loss", "wgan-gp", "--minibatch-disc"],
                ["--precision", "fp16"], ["--tf32"]]
         for extra in bad:
             code, err = cli_exit(dcgan.main, self.argv("bad", *extra))
@@ -1272,6 +1382,12 @@ class TestDcganRun(OneThread):
             self.assertEqual(json.load(f), json.loads(json.dumps(r)))
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "bench", "checkpoint.pt")))   # it only times
         check_bench(self, r, steps=3, calls=calls)                     # 100 images // 32, drop_last
+        # --bench times the step the flags select: WGAN-GP's, with its critic-only steps
+        seen, game = [], dcgan.game_step
+        with mock.patch.object(dcgan, "game_step", lambda *a: seen.append(a[6:11:4]) or game(*a)):
+            _dcgan_run(self.argv("bench_wgan", "--bench", "--loss", "wgan-gp", "--n-critic", "2"))
+        self.assertTrue(all(loss is dcgan.LOSSES["wgan-gp"] for loss, _ in seen))
+        self.assertEqual({update_g for _, update_g in seen}, {True, False})
 
     def test_pictures_and_compare_use_sample_images(self):
         _dcgan_run(self.argv("pics", "--no-probe", epochs=1))
@@ -1281,10 +1397,43 @@ class TestDcganRun(OneThread):
         G = dcgan.load_trained(ck, "cpu")[0]
         self.assertTrue(torch.equal(samples, data.to_uint8(dcgan.generate(G, ck["fixed_noise"], "cpu"))))
         png = decode_png(read_bytes(os.path.join(out, "samples.png")))
-        self.assertTrue(np.array_equal(png, data.make_grid(samples, nrow=8).permute(1, 2, 0).numpy()))
+        grid = data.make_grid(samples, nrow=8).permute(1, 2, 0).numpy()
+        h, w = grid.shape[:2]
+        self.assertTrue(np.array_equal(png[-h:, -w:], grid))          # the grid, bottom right
+        self.assertGreater(png.shape[0], h)                           # under its caption
         with mock.patch.object(compare, "load_checkpoint", lambda run_dir: ck):
-            sets = compare.dcgan_images(out, 10, "cpu")
-        self.assertTrue(torch.equal(sets["samples"], dcgan.sample_images(ck, 10, compare.EVAL_SEED)))
+            sets = compare.run_images("dcgan", out, None, 10, "cpu")
+        want = dcgan.sample_images(ck, 10, compare.EVAL_SEED)
+        self.assertTrue(torch.equal(sets["samples"], want))
+        # progress.png: the epochs' rows, each labelled left of the grid, a caption above
+        png = decode_png(read_bytes(os.path.join(out, "progress.png")))
+        grid = data.make_grid(torch.cat(ck["progress_rows"]), nrow=8).permute(1, 2, 0).numpy()
+        h, w = grid.shape[:2]
+        self.assertTrue(np.array_equal(png[-h:, -w:], grid))
+        self.assertTrue(png.shape[0] > h and png.shape[1] > w)
+        self.assertTrue((png[-h:, :-w] < 128).any())                   # ink of the label "ep 1"
+        for name in ("interpolations.png", "curves.png"):
+            png = decode_png(read_bytes(os.path.join(out, name)))
+            self.assertTrue((png[:10] < 128).any(), name)             # the caption's first line
+
+    def test_hinge_run_and_units_follow_the_loss(self):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            m = dcgan.main(self.argv("hinge", "--no-probe", "--loss", "hinge", epochs=1))
+        self.assertTrue(m["units"].startswith("losses: hinge loss") and "score" in m["units"])
+        self.assertIn("loss hinge: hinge loss", out.getvalue())                 # the start line
+        self.assertEqual(m["config"]["n_critic"], 1)
+        ckpt = torch.load(os.path.join(self.tmp, "hinge", "checkpoint.pt"), weights_only=True)
+        self.assertIn("bn2.running_mean", ckpt["D"])                 # BN kept: no penalty
+        self.assertTrue(math.isfinite(m["d_loss"]) and m["d_loss"] >= 0.0)     # a sum of two relus
+        # a figure that means nothing at this size is printed with a warning, not bare
+        warned = "memorisation ratio only says" in out.getvalue()
+        self.assertEqual(warned, m["diversity"] < dcgan.MIN_DIVERSITY, m["diversity"])
+        for floor, warns in ((0.0, False), (2.0, True)):
+            with mock.patch.object(dcgan, "MIN_DIVERSITY", floor), \
+                    contextlib.redirect_stdout(io.StringIO()) as printed:
+                dcgan.save_outputs(m["config"], ckpt, {"memorisation_ratio": 0.5}, "cpu", 0.0)
+            self.assertEqual("warning: diversity" in printed.getvalue(), warns)
 
     def test_a_whole_run_with_float64_forbidden_on_the_device(self):
         # As vae.py's test: the diversity and memorisation distances are float64 sums, on the CPU.
@@ -1729,7 +1878,9 @@ class TestCompare(OneThread):
     def test_quick_writes_the_table(self):
         with open(os.path.join(self.out, "results.json")) as f:
             res = json.load(f)
-        self.assertEqual(set(res), {"models", "samples", "env"})           # run metadata apart from models
+        self.assertEqual(set(res), {"models", "samples", "few_labels", "env"})   # run metadata apart
+        self.assertIsNone(res["few_labels"])                                 # not asked for
+        self.assertEqual(res["env"]["commit"], runs.git_commit())            # the code that made it
         self.assertEqual(set(res["models"]), {"vae", "dcgan"})
         self.assertEqual({m["kind"] for m in res["models"].values()}, {"vae", "dcgan"})
         proto = res["samples"]
@@ -1788,7 +1939,7 @@ class TestCompare(OneThread):
     def test_bf16_runs_have_their_own_folders(self):
         args = compare.parse_args(["--out", self.out, "--precision", "bf16", "--data-dir", self.root])
         self.assertEqual(compare.run_folder(args, "vae", 42), os.path.join(self.out, "vae", "seed42-bf16"))
-        argv = compare.plan_run("vae", [], 42, args)
+        argv, _ = compare.plan_run("vae", vae, [], 42, args)
         self.assertEqual(argv[argv.index("--precision") + 1], "bf16")
         self.assertEqual(argv[argv.index("--out") + 1], os.path.join(self.out, "vae", "seed42-bf16"))
         self.assertEqual(compare.parse_args(["--out", self.out, "--jobs", "3"]).threads,
@@ -1875,10 +2026,168 @@ class TestCompare(OneThread):
                      ["--seeds", "-1"], ["--fid-net", "/nonexistent.pt"], ["--fid-net", bare], ["--fid-net", small],
                      ["--fid-precision", "fp16"], ["--fid-ref", "val"],
                      ["--device", "tpu"], ["--variants", "dcgan_sn", "dcgan_bogus"], ["--jobs", "0"],
-                     ["--threads", "0"], ["--precision", "fp16"]):
-            code, err = cli_exit(compare.main, argv + ["--out", self.out])
+                     ["--threads", "0"], ["--precision", "fp16"], ["--epochs", "0"], ["--subset", "15"],
+                     ["--subset", "60000"], ["--train-flags", "gan: --lr 1e-4"], ["--train-flags", "--seed 3"],
+                     ["--train-flags=--resume"], ["--train-flags", "--lr '1e-4"], ["--train-flags=-h"]):
+            with warnings.catch_warnings():   # torch.jit.load's DeprecationWarning is not our line
+                warnings.simplefilter("ignore", DeprecationWarning)
+                code, err = cli_exit(compare.main, argv + ["--out", self.out])
             self.assertEqual(code, 2, argv)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+    # ---- issue 22: settings for every run, safe --reuse, results.csv, paired differences,
+    # few-label probes, one table of model files
+    def test_settings_reach_every_run(self):
+        out = os.path.join(self.tmp.name, "cmp_settings")
+        argv = ["--models", "vae", "--epochs", "1", "--subset", "200",
+                "--train-flags", "vae: --lr 5e-4 --batch-size 50",
+                "--train-flags=--no-channels-last",
+                "--data-dir", self.root, "--no-download", "--out", out, "--device", "cpu"]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            res = compare.main(argv)
+        cfg = res["models"]["vae"]["runs"][0]["config"]                      # the run's own record
+        self.assertEqual((cfg["epochs"], cfg["subset"], cfg["lr"], cfg["batch_size"],
+                          cfg["channels_last"]), (1, 200, 5e-4, 50, False))
+        # scoped flags reach only their model file's runs
+        dcgan_argv, _ = compare.plan_run("dcgan", dcgan, [], 42, compare.parse_args(argv))
+        self.assertIn("--no-channels-last", dcgan_argv)
+        self.assertNotIn("--lr", dcgan_argv)
+        # a flag the script refuses stops the grid before anything is trained, in one line
+        code, err = cli_exit(compare.main, argv[2:] + ["--models", "dcgan", "--train-flags",
+                                                        "--lr 1e-4"])
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("[dcgan seed 42] dcgan.py refuses", err)
+        self.assertFalse(os.path.exists(os.path.join(out, "dcgan", "seed42", "checkpoint.pt")))
+
+    def test_reuse_checks_the_saved_settings(self):
+        # the class's --quick runs, asked for by a full grid, are never taken as its result
+        full = ["--data-dir", self.root, "--no-download", "--out", self.out, "--device", "cpu"]
+        code, err = cli_exit(compare.main, full + ["--reuse-only"])
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("[vae seed 42] --reuse-only", err)
+        self.assertIn("epochs 1 -> 20", err)
+        self.assertIn("subset 200 -> 10000", err)
+        run_dir = os.path.join(self.out, "vae", "seed42")
+        mpath, ckpt = os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "checkpoint.pt")
+        self.assertTrue(os.path.exists(mpath))                   # refused: nothing deleted
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):                    # --reuse: trained again
+            argv, stale = compare.plan_run("vae", vae, [], 42,
+                                           compare.parse_args(full + ["--reuse"]))
+        self.assertIn("not reused, trained again", buf.getvalue())
+        self.assertEqual((stale, "--resume" in argv), ([mpath, ckpt], False))
+        # a variant whose flags changed: this run of beta 1 is not a run of beta 4
+        out = os.path.join(self.tmp.name, "cmp_variant")
+        shutil.copytree(os.path.join(self.out, "vae"), os.path.join(out, "vae_beta4"))
+        args = compare.parse_args(["--quick", "--reuse", "--data-dir", self.root, "--no-download",
+                                   "--out", out])
+        with contextlib.redirect_stdout(buf):
+            self.assertIsNotNone(compare.plan_run("vae_beta4", vae, ["--beta", "4"], 42, args))
+            self.assertIn("beta 1.0 -> 4.0", buf.getvalue())
+            # the same settings: reused, also from an older metrics.json without the newer keys
+            saved_path = os.path.join(out, "vae_beta4", "seed42", "metrics.json")
+            with open(saved_path) as f:
+                saved = json.load(f)
+            for key in ("precision", "tf32"):                    # vae.DEFAULTS, parser default
+                del saved["config"][key]
+            data.write_json(saved_path, saved)
+            self.assertIsNone(compare.plan_run("vae_beta4", vae, [], 42, args))
+
+    def test_results_csv_has_a_row_per_run_and_figure(self):
+        import csv
+        with open(os.path.join(self.out, "results.csv")) as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(list(rows[0]), compare.CSV_COLUMNS)
+        got = {(r["variant"], r["seed"], r["figure"]): r for r in rows}
+        self.assertEqual(len(got), len(rows))                    # one row per run and figure
+        run = self.results["models"]["vae"]["runs"][0]
+        r = got[("vae", "42", "probe_acc")]
+        self.assertEqual((r["model"], r["precision"], float(r["value"]), r["N"], r["reference"]),
+                         ("vae", "fp32", run["probe_acc"], "200", "test"))
+        kid = self.results["models"]["dcgan"]["scores"]["samples"][0]["kid_mean"]
+        r = got[("dcgan", "42", "samples_kid_mean")]
+        self.assertEqual((float(r["value"]), r["N"], r["reference"]), (kid, "50", "test"))
+        self.assertEqual(got[("dcgan", "42", "samples_fid")]["value"], "")   # not computed: empty
+        self.assertIn(("vae", "42", "reconstructions_recall"), got)
+        self.assertIn(("real images (floor)", "", "floor_kid_mean"), got)
+
+    def test_variants_are_paired_with_their_default_by_seed(self):
+        run = lambda acc: dict(probe_acc=acc, random_probe_acc=0.3, probe_dim=7168,
+                               config={"subset": 20})
+        sc = lambda kid: dict(kid_mean=kid, fid=None, precision=0.5, recall=0.5)
+        models = {"dcgan": dict(kind="dcgan", runs=[run(0.40), run(0.40)],
+                                scores={"samples": [sc(0.011), sc(0.011)]}),
+                  "dcgan_sn": dict(kind="dcgan", runs=[run(0.42), run(0.39)],
+                                   scores={"samples": [sc(0.010), sc(0.012)]})}
+        text = "\n".join(compare.paired_table(models, [42, 43]))
+        self.assertIn("| dcgan_sn - dcgan | probe: D features | +2.0 | -1.0 | +0.5 +- 2.1 |", text)
+        self.assertIn("| dcgan_sn - dcgan | samples: KID x 1000 | -1.00 | +1.00 | +0.00 +- 1.41 |",
+                      text)
+        self.assertNotIn("FID", text)                            # measured in neither: no row
+        self.assertNotIn("| dcgan - dcgan", text)
+        self.assertEqual(compare.paired_table({"dcgan": models["dcgan"]}, [42, 43]), [])
+
+    def test_few_label_probe_draws(self):
+        X, y = _metrics_blobs(20, 12, 10, 1.0, seed=0)           # 20 per class, overlapping
+        Xt, yt = _metrics_blobs(20, 12, 10, 1.0, seed=1)
+        got = metrics.few_label_probe(X, y, Xt, yt, (2, 5, 20, 50), 3, seed=7)
+        self.assertEqual(list(got), ["2", "5", "20"])           # no 50 per class: too few rows
+        self.assertEqual([len(got[k]) for k in got], [3, 3, 1])  # the whole set: one draw
+        self.assertGreater(len(set(got["2"])), 1)                # three different draws
+        self.assertEqual(got["20"], [metrics.linear_probe(X, y, Xt, yt, seed=7)["acc"]])
+        self.assertEqual(metrics.few_label_probe(X, y, Xt, yt, (20,), 3, 7, whole=0.25),
+                         {"20": [0.25]})
+        idx = data.stratified_indices(y, 20, seed=8).numpy()     # draw 1 of 2 per class
+        self.assertEqual(got["2"][1], metrics.linear_probe(X[idx], y[idx], Xt, yt, seed=7)["acc"])
+
+    def test_few_labels_from_the_trained_runs(self):
+        out = os.path.join(self.tmp.name, "cmp_few")
+        shutil.copytree(self.out, out)
+        argv = ["--quick", "--data-dir", self.root, "--no-download", "--out", out,
+                "--device", "cpu", "--reuse-only", "--few-labels"]
+        def run_quiet():
+            with mock.patch.object(compare, "FEW_LABEL_DRAWS", 2), \
+                    contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                return compare.main(argv)                        # 2 draws: a faster test
+        res = run_quiet()
+        recs = res["few_labels"]
+        self.assertEqual({(r["variant"], r["row"]) for r in recs},
+                         {("", "raw pixels"), ("vae", "mu"), ("vae", "last conv"),
+                          ("vae", "mu at random init"), ("vae", "last conv at random init"),
+                          ("dcgan", "D features"), ("dcgan", "D features at random init")})
+        for r in recs:   # --quick trains on 20 per class: 100 and 1,000 per class are left out
+            self.assertEqual(list(r["acc"]), ["10"])
+            self.assertEqual(len(r["acc"]["10"]), 2)
+            self.assertTrue(all(0.0 <= a <= 1.0 for a in r["acc"]["10"]))
+        with open(os.path.join(out, "results.md")) as f:
+            md = f.read()
+        for text in ("### Few labels", "| raw pixels | 3072 |", "| vae: mu | 64 |",
+                     "| dcgan: D features at random init | 7168 |"):
+            self.assertIn(text, md)
+        with open(os.path.join(out, "results.csv")) as f:
+            self.assertIn("dcgan,dcgan,42,fp32,few_label_acc: D features,", f.read())
+        # cached beside each run: a second call reads the model rows back instead of fitting
+        with mock.patch.object(compare, "few_label_rows", side_effect=AssertionError("refitted")):
+            again = run_quiet()
+        self.assertEqual(again["few_labels"], recs)
+        # on the whole subset the draw is the run's own probe, to the last digit
+        run = self.results["models"]["vae"]["runs"][0]
+        ckpt = compare.load_checkpoint(os.path.join(out, "vae", "seed42"))
+        train = data.load_subset(dict(run["config"], data_dir=self.root, no_download=True))
+        test = data.load_cifar10(self.root, train=False, download=False)
+        mu = [compare.vae_features(ckpt, x, "cpu")["mu"] for x in (train[0], test[0])]
+        self.assertEqual(metrics.few_label_probe(mu[0], train[1], mu[1], test[1], (20,), 3, 42),
+                         {"20": [run["probe_acc"]]})
+
+    def test_git_commit_or_none(self):
+        if os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(runs.__file__)), ".git")):
+            self.assertRegex(runs.git_commit(), r"^[0-9a-f]{40}$")
+        self.assertIsNone(runs.git_commit(self.tmp.name))        # not a git checkout
+        with mock.patch.dict(os.environ, {"PATH": self.tmp.name}):
+            self.assertIsNone(runs.git_commit())                 # git not installed
 
 
 # ==============================================================================================
@@ -1971,8 +2280,13 @@ class TestVaeganRun(OneThread):
     def test_tiny_run_writes_every_output(self):
         # The probes' maths is TestProbe's; a stub here keeps the run fast and shows that vae.run_probes'
         # five figures reach metrics.json.
-        with mock.patch.object(metrics, "linear_probe", lambda *a, **k: {"acc": 0.5, "l2": 1.0}):
+        captions, real_caption = [], data.add_caption
+        with mock.patch.object(metrics, "linear_probe", lambda *a, **k: {"acc": 0.5, "l2": 1.0}), \
+                mock.patch.object(data, "add_caption", lambda img, text: captions.append(text)
+                                  or real_caption(img, text)):
             m = _vaegan_run(self.root, "full", "--epochs", "1")
+        self.assertEqual(len(captions), 5)                       # every picture says what it shows
+        self.assertTrue(all(c.startswith("VAE-GAN") for c in captions), captions)   # not "VAE"
         out = os.path.join(self.root, "full")
         for f in ("checkpoint.pt", "history.json", "metrics.json", "latents.npz", "reconstructions.png",
                   "interpolations.png", "samples.png", "curves.png", "gan_curves.png"):
@@ -1990,7 +2304,7 @@ class TestVaeganRun(OneThread):
         self.assertEqual([e["epoch"] for e in h], [1])
         # compare.py scores it like the VAE: samples and reconstructions from the same checkpoint keys
         test_x, _ = data.load_cifar10(os.path.join(self.root, "data"), train=False, download=False)
-        sets = compare.vae_images(out, test_x[:10], 10, torch.device("cpu"))
+        sets = compare.run_images("vaegan", out, test_x[:10], 10, torch.device("cpu"))
         self.assertEqual({k: tuple(v.shape) for k, v in sets.items()},
                          {"samples": (10, 3, 32, 32), "reconstructions": (10, 3, 32, 32)})
 
@@ -2062,6 +2376,268 @@ class TestVaeganRun(OneThread):
         code, err = cli_exit(vaegan.main, base + ["--subset", "200"])
         self.assertEqual(code, 2)
         self.assertIn("larger than", err)
+
+
+# ==============================================================================================
+# metrics.py score: any images, scored as compare.py scores a model's samples
+# ==============================================================================================
+class TestScoreImages(OneThread):
+    N = 20                                                   # images scored (2 per class)
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.root = os.path.join(cls.tmp.name, "data")
+        _, _, cls.test_x, cls.test_y = make_fake_cifar(cls.root, n_train_per_batch=20, n_test=40)
+        torch.manual_seed(0)
+        cls.net_path = os.path.join(cls.tmp.name, "head.pt")
+        torch.jit.script(_MetricsAtLayers()).save(cls.net_path)       # NVIDIA's layout, with head
+        cls.net = metrics.load_fid_net(cls.net_path)
+        cls.nhwc = np.random.default_rng(1).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+        super().tearDownClass()
+
+    def path(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def score(self, images, *extra):
+        """metrics.py score IMAGES ... -> (exit status, stderr, the --json figures or None)."""
+        out = self.path("scores.json")
+        if os.path.exists(out):
+            os.remove(out)
+        code, err = cli_exit(metrics.main, ["score", images, "--fid-net", self.net_path,
+                                            "--data-dir", self.root, "--no-download",
+                                            "--device", "cpu", "--json", out, *extra])
+        if not os.path.exists(out):
+            return code, err, None
+        with open(out) as f:
+            return code, err, json.load(f)
+
+    @staticmethod
+    def png(pixels, ctype, filters=(0, 1, 2, 3, 4), palette=None, depth=8, interlace=0):
+        """PNG bytes written by hand from pixels (H, W, bytes per pixel) uint8: row r filtered
+        with filters[r % len(filters)] as the spec defines it (predictors from the unfiltered
+        bytes; 5 is no filter at all), a tEXt chunk first, the zlib stream cut into two IDATs."""
+        h, w, bpp = pixels.shape
+        x = pixels.reshape(h, w * bpp).astype(np.int64)
+        rows = []
+        for r in range(h):
+            a = np.concatenate([np.zeros(bpp, np.int64), x[r, :-bpp]])            # left
+            b = x[r - 1] if r else np.zeros(w * bpp, np.int64)                   # above
+            c = np.concatenate([np.zeros(bpp, np.int64), b[:-bpp]])              # upper left
+            p = a + b - c
+            paeth = np.where((abs(p - a) <= abs(p - b)) & (abs(p - a) <= abs(p - c)), a,
+                             np.where(abs(p - b) <= abs(p - c), b, c))
+            f = filters[r % len(filters)]
+            pred = [0 * a, a, b, (a + b) // 2, paeth, 0 * a][f]
+            rows.append(bytes([f]) + ((x[r] - pred) % 256).astype(np.uint8).tobytes())
+        z = zlib.compress(b"".join(rows))
+        chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
+                                    + struct.pack(">I", zlib.crc32(kind + body)))
+        out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, ctype,
+                                                                0, 0, interlace))
+        out += chunk(b"tEXt", b"Comment\x00written by hand")
+        out += b"" if palette is None else chunk(b"PLTE", palette.tobytes())
+        half = len(z) // 2
+        return out + chunk(b"IDAT", z[:half]) + chunk(b"IDAT", z[half:]) + chunk(b"IEND", b"")
+
+    def test_decode_png_every_filter_and_colour_type(self):
+        rng = np.random.default_rng(0)
+        img = torch.from_numpy(rng.integers(0, 256, (3, 13, 17), dtype=np.uint8))
+        self.assertTrue(torch.equal(data.decode_png(data.encode_png(img)), img))     # our own files
+        px = rng.integers(0, 256, (10, 7, 4), dtype=np.uint8)              # each filter twice
+        px[0, :2], px[4, 3:] = 255, 0                                      # wrap-around
+        px[6:] = rng.choice(np.array([0, 1, 2, 255], np.uint8), (4, 7, 4)) # Paeth ties
+        pal = rng.integers(0, 256, (5, 3), dtype=np.uint8)
+        cases = {2: (px[..., :3], px[..., :3]),                            # RGB
+                 6: (px, px[..., :3]),                                     # RGBA: alpha dropped
+                 0: (px[..., :1], px[..., :1].repeat(3, 2)),               # grey -> R = G = B
+                 4: (px[..., :2], px[..., :1].repeat(3, 2)),               # grey + alpha
+                 3: (px[..., :1] % 5, pal[px[..., 0] % 5])}                # palette
+        for ctype, (stored, want) in cases.items():
+            raw = self.png(stored, ctype, palette=pal if ctype == 3 else None)
+            got = data.decode_png(raw)
+            self.assertEqual((got.dtype, tuple(got.shape)), (torch.uint8, (3, 10, 7)), ctype)
+            np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), want, err_msg=str(ctype))
+        # the tests' own reader (top of this file) agrees
+        np.testing.assert_array_equal(decode_png(self.png(px[..., :3], 2)), px[..., :3])
+
+    def test_decode_png_refuses_in_one_line_naming_the_file(self):
+        px = np.zeros((4, 4, 3), np.uint8)
+        good = self.png(px, 2)
+        flipped = bytearray(good)
+        flipped[-20] ^= 1                                                  # inside the last IDAT
+        pal = self.png(px[..., :1], 3, palette=np.zeros((5, 3), np.uint8))
+        for raw, why in ((b"GIF89a" + good[6:], "not a PNG"), (self.png(px, 2, depth=16), "16-bit"),
+                         (self.png(px, 2, interlace=1), "interlaced"), (bytes(flipped), "corrupt"),
+                         (good[:-30], "truncated"), (pal[:-60], "truncated"),
+                         (self.png(px, 2, filters=(5,)), "filter type 5")):
+            with self.assertRaisesRegex(ValueError, f"^pic.png: .*{why}") as cm:
+                data.decode_png(raw, "pic.png")
+            self.assertEqual(len(str(cm.exception).splitlines()), 1)
+
+    def test_score_equals_the_metric_functions_for_npz_and_png_folders(self):
+        n = self.N
+        np.savez(self.path("nhwc.npz"), samples=self.nhwc)
+        np.savez(self.path("nchw.npz"), images=self.nhwc.transpose(0, 3, 1, 2), y=np.arange(30))
+        folder = self.path("pngs")
+        os.makedirs(folder)
+        for i in reversed(range(25)):                        # read in name order, not writing order
+            im = self.nhwc[i]
+            with open(os.path.join(folder, f"img{i:03d}.png"), "wb") as f:
+                f.write(self.png(im, 2, filters=(i % 5, 4, 3)) if i % 2 else data.encode_png(
+                    torch.from_numpy(im).permute(2, 0, 1).contiguous()))
+        # What the figures must be: compare.py's reference draw, the features, the metric functions.
+        ref = self.test_x[data.stratified_indices(self.test_y, n, seed=1234)]
+        real_f = metrics.inception_features(self.net, ref, progress=False)
+        fake = torch.from_numpy(self.nhwc[:n]).permute(0, 3, 1, 2)
+        fake_f = metrics.inception_features(self.net, fake, progress=False)
+        want = dict(metrics.generative_scores(real_f, fake_f, seed=1234), n=n, ref="test",
+                    net=self.net.tag, preprocess="tf1-resize", fid_precision="fp32")
+        want["is_mean"], want["is_std"] = metrics.inception_score(fake_f, self.net.head)
+        for images, extra in (("nhwc.npz", []), ("nchw.npz", ["--key", "images"]), ("pngs", [])):
+            code, err, got = self.score(self.path(images), "--n", str(n), *extra)
+            self.assertEqual(code, 0, err)
+            self.assertEqual(set(got), set(want) | {"images"})
+            for k, v in want.items():
+                if k != "seconds":
+                    self.assertEqual(got[k], v, f"{images}: {k}")
+        self.assertIsNone(got["fid"])                                                # N <= 2048
+        self.assertIn("not computed", got["fid_note"])
+        cache = f"test-{n}-1234-{self.net.tag}-tf1-resize-fp32.npz"        # compare.py's name
+        self.assertTrue(os.path.exists(os.path.join(self.root, "fid_cache", cache)))
+        # every image of the file when --n is not given; the train split as the reference
+        np.savez(self.path("thirty.npz"), x=self.nhwc)
+        code, err, got = self.score(self.path("thirty.npz"), "--ref", "train")
+        self.assertEqual((code, got["n"], got["n_real"], got["ref"]), (0, 30, 30, "train"), err)
+
+    def test_reference_is_compares_draw(self):
+        """The reference set: N/10 test (or training) images per class, drawn with seed 1234, as
+        compare.py's tables have always stated; compare.real_sets takes the very same images."""
+        for ref in ("test", "train"):
+            x, y = data.load_cifar10(self.root, train=ref == "train", download=False)
+            want = x[data.stratified_indices(y, self.N, seed=1234)]
+            self.assertTrue(torch.equal(metrics.reference_images(self.root, ref, self.N, download=False), want))
+            args = mock.Mock(data_dir=self.root, no_download=True, fid_ref=ref)
+            with contextlib.redirect_stderr(io.StringIO()):                          # md5 warning
+                self.assertTrue(torch.equal(compare.real_sets(args, self.N, {})[0], want))
+
+    def test_bad_input_exits_2_with_one_line(self):
+        p = self.path
+        np.savez(p("float.npz"), x=self.nhwc.astype(np.float32))
+        np.savez(p("flat.npz"), x=self.nhwc.reshape(30, -1))
+        np.savez(p("four.npz"), x=np.zeros((30, 32, 32, 4), np.uint8))
+        np.savez(p("two.npz"), a=self.nhwc, b=self.nhwc)
+        np.savez(p("odd.npz"), x=self.nhwc[:23])
+        with open(p("junk.npz"), "wb") as f:
+            f.write(b"not numpy")
+        for name, body in (("bad", data.encode_png(torch.zeros(3, 4, 4, dtype=torch.uint8))[:-30]),
+                           ("deep", self.png(np.zeros((4, 4, 3), np.uint8), 2, depth=16))):
+            os.makedirs(p(name))
+            with open(os.path.join(p(name), "x.png"), "wb") as f:
+                f.write(body)
+        os.makedirs(p("empty"))
+        for argv, why in (([p("float.npz")], "uint8"), ([p("flat.npz")], "uint8"),
+                          ([p("four.npz")], "uint8"), ([p("two.npz")], "--key"),
+                          ([p("two.npz"), "--key", "c"], "none named 'c'"),
+                          ([p("junk.npz")], "not a readable"),
+                          ([p("missing.npz")], "not a readable"),
+                          ([p("bad")], "x.png: truncated"), ([p("deep")], "x.png: a 16-bit"),
+                          ([p("empty")], "no .png"), ([p("odd.npz")], "multiple of 10"),
+                          ([p("odd.npz"), "--n", "30"], "23 images, N = 30"),
+                          ([p("odd.npz"), "--n", "20", "--ref", "val"], "ref"),
+                          ([p("odd.npz"), "--n", "20", "--fid-net", p("none.pt")], "no such file")):
+            code, err, _ = self.score(*argv)
+            self.assertEqual(code, 2, argv)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertIn(why, err, argv)
+        code, err = cli_exit(metrics.main, ["score", p("odd.npz")])
+        self.assertEqual((code, "needs --fid-net" in err), (2, True), err)
+        # the real command line: `score` is dispatched from sys.argv, errors are one line
+        r = subprocess.run([sys.executable, os.path.join(HERE, "metrics.py"), "score",
+                            p("four.npz"), "--fid-net", self.net_path],
+                           capture_output=True, text=True)
+        self.assertEqual((r.returncode, len(r.stderr.strip().splitlines())), (2, 1), r.stderr)
+
+    def test_the_real_vs_real_floor_still_runs(self):
+        argv = ["--fid-net", self.net_path, "--n", "10", "--data-dir", self.root, "--no-download",
+                "--device", "cpu"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(metrics.main(argv), 0)
+        self.assertIn("test vs test-b, 10 images each", out.getvalue())
+
+
+
+# ==============================================================================================
+# --export: a finished run's images, byte-identical to what compare.py scores
+# ==============================================================================================
+class TestExport(OneThread):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp(prefix="tests_export_")
+        cls.data = os.path.join(cls.root, "data")
+        make_fake_cifar(cls.data, n_train_per_batch=20, n_test=40)
+        _vae_run(cls.root, "vae", "--epochs", "1")
+        _dcgan_run(["--subset", "20", "--batch-size", "8", "--epochs", "1", "--no-probe", "--no-download",
+                    "--width", "0.25", "--data-dir", cls.data, "--out", os.path.join(cls.root, "dcgan")])
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+        super().tearDownClass()
+
+    def export(self, main_fn, run, *extra):
+        return cli_exit(main_fn, ["--data-dir", self.data, "--no-download", "--out", os.path.join(self.root, run),
+                                  "--export", *extra])
+
+    def test_samples_and_reconstructions_are_what_compare_scores(self):
+        ref = metrics.reference_images(self.data, "test", 20, download=False)
+        for kind, main_fn in (("vae", vae.main), ("dcgan", dcgan.main)):
+            want = compare.run_images(kind, os.path.join(self.root, kind), ref, 20, "cpu")
+            npz = os.path.join(self.root, f"{kind}.npz")
+            self.assertEqual(self.export(main_fn, kind, "20", npz)[0], 0)
+            with np.load(npz) as z:
+                got = z["images"]                                     # NHWC, as other tools read it
+            self.assertEqual(got.dtype, np.uint8)
+            self.assertTrue(np.array_equal(got, want["samples"].permute(0, 2, 3, 1).numpy()), kind)
+        folder = os.path.join(self.root, "recon") + os.sep
+        self.assertEqual(self.export(vae.main, "vae", "20", folder, "--export-recon")[0], 0)
+        pngs = sorted(os.listdir(folder))
+        self.assertEqual(len(pngs), 20)
+        got = np.stack([decode_png(read_bytes(os.path.join(folder, p))) for p in pngs])
+        self.assertTrue(np.array_equal(got, want_recon := compare.run_images(
+            "vae", os.path.join(self.root, "vae"), ref, 20, "cpu")["reconstructions"].permute(0, 2, 3, 1).numpy()))
+        self.assertEqual(want_recon.shape, (20, 32, 32, 3))
+
+    def test_checkpoints_record_their_script(self):
+        for kind in ("vae", "dcgan"):
+            ck = torch.load(os.path.join(self.root, kind, "checkpoint.pt"), map_location="cpu", weights_only=True)
+            self.assertEqual(ck["script"], f"{kind}.py")
+        with open(os.path.join(self.root, "vae", "metrics.json")) as f:
+            self.assertIn("commit", json.load(f))                     # None outside a git checkout
+
+    def test_bad_exports_are_one_line(self):
+        out = os.path.join(self.root, "x.npz")
+        for main_fn, run, extra, msg in (
+                (vae.main, "vae", ["abc", out], "N must be a whole number"),
+                (vae.main, "vae", ["0", out], "N must be >= 1"),
+                (vae.main, "vae", ["25", out, "--export-recon"], "multiple of 10"),
+                (dcgan.main, "dcgan", ["10", out, "--export-recon"], "no encoder"),
+                (vaegan.main, "vae", ["10", out], "made by vae.py, not vaegan.py"),
+                (vae.main, "nothing", ["10", out], "no checkpoint at")):
+            code, err = self.export(main_fn, run, *extra)
+            lines = [line for line in err.splitlines() if line.startswith("error:")]
+            self.assertEqual((code, len(lines)), (2, 1), err)         # one line, exit status 2
+            self.assertIn(msg, lines[0])
+        self.assertFalse(os.path.exists(out))
+        code, err = cli_exit(vae.main, ["--export-recon"])
+        self.assertEqual((code, "--export-recon goes with --export" in err), (2, True))
 
 
 if __name__ == "__main__":
