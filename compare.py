@@ -256,11 +256,11 @@ def train_grid(grid, args):
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The other runs "
                                "finished; fix the cause and rerun with --reuse")
-    runs = []
+    finished = []
     for name, _, _, seed in grid:
         with open(os.path.join(run_folder(args, name, seed), "metrics.json")) as f:
-            runs.append(json.load(f))
-    return runs
+            finished.append(json.load(f))
+    return finished
 
 
 def run_process(tag, script, argv, lock):
@@ -526,13 +526,13 @@ def probe_table(models):
         acc = fmt([r["pixel_probe_acc"] for r in pixels], scale=100)
         L.append(f"| raw pixels | 3072 | {acc} | | |")
     for name, m in models.items():
-        runs = m["runs"]
+        done = m["runs"]
         for label, key in MODEL_FILES[m["kind"]]["probes"]:
             k, kr = f"{key}_acc", f"random_{key}_acc"
-            gain = [None if (x.get(k) is None or x.get(kr) is None) else x[k] - x[kr] for x in runs]
-            L.append(f"| {name}: {label} | {runs[0].get(key + '_dim', '?')} | "
-                     f"{fmt([x.get(k) for x in runs], scale=100)} | "
-                     f"{fmt([x.get(kr) for x in runs], scale=100)} | {fmt(gain, '{:+.1f}', 100)} |")
+            gain = [None if (x.get(k) is None or x.get(kr) is None) else x[k] - x[kr] for x in done]
+            L.append(f"| {name}: {label} | {done[0].get(key + '_dim', '?')} | "
+                     f"{fmt([x.get(k) for x in done], scale=100)} | "
+                     f"{fmt([x.get(kr) for x in done], scale=100)} | {fmt(gain, '{:+.1f}', 100)} |")
     return L
 
 

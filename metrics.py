@@ -40,7 +40,8 @@ Run
                         # any uint8 images (an .npz, or a folder of PNGs) against as many CIFAR-10
                         # images, scored as compare.py scores a model's samples
 
-Figures measured with it are in README.md (Results, and 'FID network' for speed).
+Figures measured with it are in README.md (Results) and docs/results.md; the Inception
+network's speed is in docs/protocol.md, 'FID network'.
 
 Left out on purpose: FID-infinity, perceptual path length, and any download: the network file
 is fetched by a separate script, never silently.

@@ -4,7 +4,7 @@ are in the model files; nothing here is about VAEs or GANs.
 
 What is here, in order:
   the command line   one parser per script with --help grouped and an epilog of examples
-                     (make_parser), the 16 flags every script shares and their checks
+                     (make_parser), the 18 flags every script shares and their checks
                      (add_run_flags, check_run_flags), and one-line errors (cli_main: a bad flag,
                      missing data or a diverging run is one line on stderr and exit status 2)
   device and speed   the device, CPU threads, deterministic kernels (setup_run); --precision
@@ -18,6 +18,10 @@ What is here, in order:
                      (check_finite)
   --bench            an epoch of our loop against the pytorch/examples DataLoader tutorial loop,
                      steps taken in turn (bench, time_loops, tutorial_vae_step, tutorial_gan_step)
+  provenance         the settings in which a saved config differs from the one asked for
+                     (config_differences: compare.py --reuse), the code's commit (git_commit)
+  --export           a finished run's images, for other tools: an .npz (uint8, NHWC, key
+                     "images") or one PNG per image (export, export_images, check_export_count)
 
 It imports data.py (CIFAR-10, file writes), never a model file; it has no command of its own.
 """
@@ -77,7 +81,7 @@ def make_parser(description, examples, outputs):
 
 
 def add_run_flags(p, epochs, subset, batch_size, seed, out):
-    """Declare the 16 flags every training script takes, in their own --help group after the
+    """Declare the 18 flags every training script takes, in their own --help group after the
     script's own flags; the defaults come from each script's settings block. check_run_flags
     validates them."""
     p = p.add_argument_group("run settings, shared by vae.py, dcgan.py and vaegan.py (runs.py)")
