@@ -604,12 +604,8 @@ def draw_chart(series, title="", xlabel="", ylabel="", log_y=False, width=480, h
     if y1 == y0:
         y0, y1 = y0 - 0.5, y1 + 0.5
     y0, y1 = y0 - 0.04 * (y1 - y0), y1 + 0.04 * (y1 - y0)  # a little air above and below
-
-    def px(x):
-        return left + (x - x0) / (x1 - x0) * (pw - 1)
-
-    def py(y):
-        return top + (y1 - y) / (y1 - y0) * (ph - 1)
+    px = lambda x: left + (x - x0) / (x1 - x0) * (pw - 1)      # data -> pixel coordinates
+    py = lambda y: top + (y1 - y) / (y1 - y0) * (ph - 1)
     grey, dark = (225, 225, 225), (60, 60, 60)
     if not log_y:
         yt = [(t, t) for t in _nice_ticks(y0, y1)]  # (position, value shown)
