@@ -4,18 +4,18 @@ the discriminator learned (a linear probe on its features). The remedies the stu
 future work are flags, off by default, in their own section after the plain model and loop.
 
 Run:
-    python dcgan.py --epochs 5 --width 0.5 --threads 1 --no-probe --out runs/dcgan_quick
+    python dcgan.py --epochs 5 --width 0.5 --no-probe --out runs/dcgan_quick
     python dcgan.py                                  # the study: 40 epochs, 10k subset, seed 42
     python dcgan.py --loss wgan-gp --out runs/dcgan_wgangp   # a remedy (python dcgan.py --help)
     python dcgan.py --resume                         # continue runs/dcgan/checkpoint.pt exactly
     python dcgan.py --bench --subset 2000            # the selected step's loop vs the tutorial's
-The first is the quick look: 390 steps of a half-width G and D (203k and 168k parameters), 1m25s
-measured on this project's 2-core CPU while another training run held one core (load average ~4;
-there a second thread, waiting for the busy core, made each step 4x slower: on an idle machine
-leave out --threads 1). progress.png goes from one brownish fog for every z (epoch 1) to blurred
-scenes by epoch 5: a bright or sky-blue top over green or brown ground, dark or coloured blobs in
-the middle, a faint checkerboard from the transposed convolutions, no objects yet; each row of
-interpolations.png changes smoothly. The study's run gives object-like silhouettes on plausible
+The first is the quick look: 390 steps of a half-width G and D (203k and 168k parameters), 31 s
+on this project's 2-core CPU when idle (on cores other jobs share add --threads 1: 1m25s at load
+average ~4, where a second thread, waiting for the busy core, made each step 4x slower).
+progress.png goes from one brownish fog for every z (epoch 1) to blurred scenes by epoch 5: a
+bright or sky-blue top over green or brown ground, dark or coloured blobs in the middle, a faint
+checkerboard from the transposed convolutions, no objects yet; each row of interpolations.png
+changes smoothly. The study's run gives object-like silhouettes on plausible
 backgrounds (docs/dcgan_samples.png; figures in README.md, "Results").
 
 Papers: Goodfellow et al. 2014 (the GAN game, the non-saturating G loss); Radford et al. 2016
@@ -735,8 +735,8 @@ def bench_step(cfg, device, tutorial):
 
 
 # ==== Command line ============================================================================
-EXAMPLES = ("python dcgan.py --epochs 5 --width 0.5 --threads 1 --no-probe --out runs/dcgan_quick  "
-            "# quick look",
+EXAMPLES = ("python dcgan.py --epochs 5 --width 0.5 --no-probe --out runs/dcgan_quick  "
+            "# quick look, ~30 s",
             "python dcgan.py                                    # the study: 40 epochs, 10k images",
             "python dcgan.py --loss hinge --spectral-norm --out runs/dcgan_sn_hinge  # remedies")
 OUTPUTS = ("checkpoint.pt   all it takes to --resume exactly (written atomically every epoch)",

@@ -3,13 +3,13 @@ probes what its latent code learned -- next to the baselines that give that numb
 
 Run:
     python vae.py                            # study settings: 20 epochs, 10k subset, seed 42
-    python vae.py --epochs 5 --no-probe --threads 1 --out runs/vae_quick    # a quick look
+    python vae.py --epochs 5 --no-probe --out runs/vae_quick    # a quick look
     python vae.py --beta-schedule cyclical --cycles 4 --out runs/vae_cyclical
     python vae.py --resume                   # continue runs/vae/checkpoint.pt exactly
     python vae.py --bench --subset 2000      # this loop vs the DataLoader tutorial loop
 
-The quick look took 1m24s on this project's 2-core CPU while other jobs kept both cores busy
-(load average 6; the default 2 threads took 5 minutes there: on busy cores one thread is faster).
+The quick look took 24 s on this project's 2-core CPU when idle; on cores other jobs share, add
+--threads 1 (1m24s at load average 6, where the default 2 threads took 5 minutes).
 In runs/vae_quick, reconstructions.png shows each test image (rows "test") above a blurry copy
 (rows "recon"): its colours, the object a soft blob in the right place, no edges or texture (a
 squared error rewards the mean of what z cannot pin down). interpolations.png fades smoothly from
@@ -564,8 +564,8 @@ def parse_args(argv=None):
         "Convolutional VAE on CIFAR-10: train it, evaluate it, and probe what its latent code\n"
         "learned. The docstring of vae.py explains the model, the loss and its units.",
         examples=["python vae.py                      # the study: 20 epochs, 10k subset, seed 42",
-                  "python vae.py --epochs 5 --no-probe --threads 1 --out runs/vae_quick"
-                  "   # a quick look, ~1.5 min",
+                  "python vae.py --epochs 5 --no-probe --out runs/vae_quick"
+                  "   # a quick look, ~30 s",
                   "python vae.py --beta-schedule cyclical --cycles 4 --out runs/vae_cyclical"],
         outputs=OUTPUTS + ["bench.json     with --bench: the speed check, and nothing else"])
     g = p.add_argument_group("the VAE")
