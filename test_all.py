@@ -1034,7 +1034,7 @@ class TestDcganModel(OneThread):
         self.assertLess(text.index("--ema"), text.index("--epochs"))
         for line in dcgan.EXAMPLES + dcgan.OUTPUTS:
             self.assertIn(line, text)
-        self.assertIn("--epochs 5 --width 0.5 --threads 1 --no-probe", dcgan.__doc__)  # quick look
+        self.assertIn("--epochs 5 --width 0.5 --no-probe", dcgan.__doc__)  # quick look
         self.assertTrue(all(len(line) <= 100 for line in dcgan.__doc__.splitlines()))
 
 
