@@ -16,36 +16,17 @@ representations, which generates better samples, at what cost and how stably?
                                                            # other training settings, every run
     python compare.py --reuse-only --few-labels --seeds 42 43 44   # + probes with few labels
 
-It trains each configuration by calling vae.main / dcgan.main (a killed training run is resumed;
---jobs N runs N of them at once, each its own process). --epochs, --subset and --train-flags
-(more flags for the training scripts, checked by each script before any run starts) apply to
-every run. --reuse reuses a finished run only when the config saved in its metrics.json is the
-one this call would give it (every setting but where and how it ran: out, device, threads, ...);
-otherwise one line names the settings that differ and the run is trained again, or, with
---reuse-only, nothing is trained and the call stops with that line. Then every model is
-evaluated on the same footing:
-  - representation: the linear probes each script measured (metrics.linear_probe on the 10k
-    training subset -> the 10,000 test images), beside their baselines: raw pixels, and the same
-    features at random initialisation. Linear probes reward dimension, so each size is shown.
-    --few-labels: the same probe fitted on 10, 100 and 1,000 labelled images per class
-    (metrics.few_label_probe), features read from each run's checkpoint: do the learned features
-    help most where labels are few (the semi-supervised question)?
-  - samples: FID, KID, Inception Score, precision and recall (metrics.py) of N generated images
-    against N real ones in Inception-v3 features, in the field's protocol (the reference
-    network's own resize; metrics.resize_tf1): VAE samples (decoded z ~ N(0, I)), VAE
-    reconstructions of the reference images, DCGAN samples, and a floor row of real training
-    images no run trained on, which is what a perfect generator would score at that N.
-    N is --fid-samples (1,000 by default on a CPU, all 10,000 test images on a GPU); the
-    reference set is --fid-ref: test (10k vs test, as the DiffAugment / StyleGAN2 / StudioGAN
-    tables) or train (50k vs train, as pytorch-gan-collections).
-  - cost and stability: parameters, training time, final losses, the DCGAN's sample diversity.
-  - variants: each variant minus its model file's default run of the same seed, per seed and
-    their mean (paired differences: the seed-to-seed spread cancels).
-Results go to --out (default runs/compare): results.json (with the git commit of this code),
-results.csv (one row per run and figure), results.md (the tables, then the pictures side by
-side), and the tables are printed. Every sample figure carries its N, its reference set and the
-Inception forward pass's precision (fp32 unless --fid-precision bf16). A new model file is one
-entry in MODEL_FILES. The measured figures are in README.md (Results).
+It trains each configuration by calling its script's main (--jobs N: N processes at once), then
+evaluates every model on the same footing: the linear probes each run measured beside their
+baselines (raw pixels, the same net at random init), FID / KID / IS / precision / recall of its
+samples (and reconstructions) against N real images with a real-image floor row, cost and
+stability, and each variant minus its default run of the same seed. Every mean over seeds is
+shown with its n and 95% t interval. --reuse takes a finished run only when its config, code,
+data and checkpoint are what this call would make (one line says what differs otherwise);
+--variant NAME="MODEL: FLAGS" adds a variant of your own. Results go to --out: results.json,
+results.csv (one row per run and figure) and results.md, each saying per run whether it was
+reused or trained, by which commit, with which flags. docs/protocol.md says what each figure is,
+what --reuse compares and what compare.py writes; the measured figures are in README.md.
 
 Left out on purpose: perceptual path length, and any download: the FID network file is fetched
 by a separate script, never silently.
@@ -53,12 +34,20 @@ by a separate script, never silently.
 import argparse
 import concurrent.futures
 import csv
+import functools
+import glob
+import importlib
+import importlib.util
 import io
 import json
 import os
+import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -76,7 +65,7 @@ import vaegan
 # Settings
 
 OUT = "runs/compare"
-SEEDS = [42]                 # the study's seed; --seeds 42 43 44 reports mean +- std
+SEEDS = [42]                 # the study's seed; --seeds 42 43 44 reports means with 95% t intervals
 FID_SAMPLES_CPU = 1000       # Inception-v3 runs at 6-11 images/s on the 2-core CPUs here: 5 sets
                              # of 1,000 (reference, 3 model sets, floor) take 8-14 min. That gives KID
                              # and precision/recall; FID needs more samples than its 2048 feature
@@ -94,8 +83,18 @@ FEW_LABEL_DRAWS = 5          # draws per size below the whole subset (one probe 
 # Config keys that say where and how a run ran, not what it is: --reuse does not compare them
 NOT_THE_EXPERIMENT = ("out", "resume", "device", "threads", "no_download", "data_dir", "bench",
                       "log_every")
-SET_BY_COMPARE = ("--seed", "--out", "--resume", "--data-dir", "--device", "--threads", "--epochs",
-                  "--subset", "--precision", "--no-download", "--bench", "--help", "-h")
+SET_BY_COMPARE = ("--seed", "--out", "--data-dir", "--device", "--threads", "--epochs",
+                  "--subset", "--precision", "--no-download", "--help", "-h")
+RUN_MODES = ("--export", "--export-recon", "--bench", "--resume")   # make a script do other than train
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)  # t quantile 0.975, df 1..9
+
+# The DCGAN remedies run from their own file, dcgan_remedies.py (same flags and outputs as dcgan.py's
+# before it existed); their paired rows still set them against the plain "dcgan" run.
+REMEDIES = (importlib.import_module("dcgan_remedies") if importlib.util.find_spec("dcgan_remedies")
+            else dcgan)
+if not all(hasattr(REMEDIES, f) for f in ("parse_args", "main", "load_trained", "sample_images",
+                                          "build_models", "DEFAULTS")):
+    REMEDIES = dcgan                     # a dcgan_remedies.py still being written
 
 # name -> (script, its extra flags). The study's two models come first; --variants adds the rest.
 MODELS = {"vae": (vae, []), "dcgan": (dcgan, [])}
@@ -103,18 +102,18 @@ VARIANTS = {
     "vae_cyclical": (vae, ["--beta-schedule", "cyclical", "--cycles", "4"]),  # Fu et al. 2019
     "vae_beta4": (vae, ["--beta", "4"]),                                       # Higgins et al. 2017
     "vae_beta025": (vae, ["--beta", "0.25"]),                                  # the KL weakened instead
-    "dcgan_sn": (dcgan, ["--spectral-norm"]),                                  # Miyato et al. 2018
-    "dcgan_ttur": (dcgan, ["--ttur"]),                                         # Heusel et al. 2017
-    "dcgan_mbd": (dcgan, ["--minibatch-disc"]),                                # Salimans et al. 2016
-    "dcgan_all": (dcgan, ["--spectral-norm", "--ttur", "--minibatch-disc"]),
+    "dcgan_sn": (REMEDIES, ["--spectral-norm"]),                                  # Miyato et al. 2018
+    "dcgan_ttur": (REMEDIES, ["--ttur"]),                                         # Heusel et al. 2017
+    "dcgan_mbd": (REMEDIES, ["--minibatch-disc"]),                                # Salimans et al. 2016
+    "dcgan_all": (REMEDIES, ["--spectral-norm", "--ttur", "--minibatch-disc"]),
     # The remedies for the 10k-image regime (issue 11), at the study's 40 epochs of data. WGAN-GP
     # then takes 3,120 critic steps but 624 G steps (5 critic steps per G step): about the default
     # run's wall time, a fifth of its G steps.
-    "dcgan_wgangp": (dcgan, ["--loss", "wgan-gp"]),                         # Gulrajani et al. 2017
-    "dcgan_diffaug": (dcgan, ["--diffaugment", "color,translation,cutout"]),  # Zhao et al. 2020
-    "dcgan_ema": (dcgan, ["--ema", "0.999"]),                                 # Yazici et al. 2019
-    "dcgan_diffaug_ema": (dcgan, ["--diffaugment", "color,translation,cutout", "--ema", "0.999"]),
-    "dcgan_ema099": (dcgan, ["--ema", "0.99"]),   # a ten times shorter window: ~100 G steps, not ~1,000
+    "dcgan_wgangp": (REMEDIES, ["--loss", "wgan-gp"]),                         # Gulrajani et al. 2017
+    "dcgan_diffaug": (REMEDIES, ["--diffaugment", "color,translation,cutout"]),  # Zhao et al. 2020
+    "dcgan_ema": (REMEDIES, ["--ema", "0.999"]),                                 # Yazici et al. 2019
+    "dcgan_diffaug_ema": (REMEDIES, ["--diffaugment", "color,translation,cutout", "--ema", "0.999"]),
+    "dcgan_ema099": (REMEDIES, ["--ema", "0.99"]),   # a ten times shorter window: ~100 G steps, not ~1,000
     "vaegan": (vaegan, []),                                                    # Larsen et al. 2016
     "vaegan_gamma01": (vaegan, ["--gamma", "0.1"]),   # the feature error weighted 10x and 100x more
     "vaegan_gamma1": (vaegan, ["--gamma", "1"]),      # in the decoder's loss (default gamma 0.01)
@@ -132,11 +131,11 @@ def vae_features(ckpt, images, device, trained=True):
     return {"mu": mu.numpy(), "last conv": conv.numpy()}
 
 
-def dcgan_features(ckpt, images, device, trained=True):
+def dcgan_features(ckpt, images, device, trained=True, reader=dcgan):
     """{"D features": (N, 7168)} float32: D's features, trained or at its random init."""
-    _, D = (dcgan.load_trained(ckpt, device) if trained
-            else dcgan.build_models(ckpt["config"], device))       # (G, D)
-    return {"D features": dcgan.probe_features(D, images, device)}
+    _, D = (reader.load_trained(ckpt, device) if trained
+            else reader.build_models(ckpt["config"], device))       # (G, D)
+    return {"D features": getattr(reader, "probe_features", dcgan.probe_features)(D, images, device)}
 
 
 # A new model file is one entry here (and its rows in MODELS / VARIANTS). Its script offers main,
@@ -144,7 +143,8 @@ def dcgan_features(ckpt, images, device, trained=True):
 # checkpoints, offers sample_images and, with an encoder, reconstruct_images (then its
 # reconstructions are scored too). features: (checkpoint, images, device, trained) -> the arrays
 # its probes used; probes: (row label, KEY of metrics.json's KEY_acc, random_KEY_acc, KEY_dim);
-# pictures: (file, caption) shown in results.md for its default run.
+# pictures: (file, caption) shown in results.md for its default run; pair: the model file whose
+# default run its variants are paired with (default: itself).
 VAE_PROBES = [("mu", "probe"), ("last conv", "conv_probe")]
 MODEL_FILES = {
     "vae": dict(reader=vae, label="VAE", features=vae_features, probes=VAE_PROBES,
@@ -162,16 +162,24 @@ MODEL_FILES = {
                    pictures=[("reconstructions.png", "test images above their reconstructions"),
                              ("samples.png", "samples, z ~ N(0, I)")]),
 }
+if REMEDIES is not dcgan:
+    MODEL_FILES["dcgan_remedies"] = dict(MODEL_FILES["dcgan"], reader=REMEDIES, pair="dcgan",
+                                         features=functools.partial(dcgan_features, reader=REMEDIES))
 
 
-def selected_models(variants, base=tuple(MODELS)):
+def pair_of(kind):
+    """The model file whose default run a variant of `kind` is set against (dcgan_remedies: dcgan)."""
+    return MODEL_FILES[kind].get("pair", kind)
+
+
+def selected_models(variants, base=tuple(MODELS), added=None):
     """--models (base): which of the study's two models (default both); --variants: None (flag
     absent) -> no variant; [] (flag alone) -> all variants; a list of names -> those, in VARIANTS
-    order."""
+    order; added: the --variant ones ({name: (script, flags)}), last."""
     models = {k: v for k, v in MODELS.items() if k in base}
     if variants is not None:
         models.update({k: v for k, v in VARIANTS.items() if not variants or k in variants})
-    return models
+    return dict(models, **(added or {}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,14 +190,20 @@ def run_folder(args, name, seed):
     return os.path.join(args.out, name, f"seed{seed}" + ("" if args.precision == "fp32" else f"-{args.precision}"))
 
 
+def run_flags(script, flags, args):
+    """The flags that make a run what it is: its variant's, then the --train-flags for its model file."""
+    kind = script.__name__
+    return flags + [t for scope, tokens in args.train_flags if scope in (None, kind, pair_of(kind))
+                    for t in tokens]
+
+
 def plan_run(name, script, flags, seed, args):
-    """-> (the argv that trains one configuration into its folder, files to delete before it
-    starts), or None where --reuse finds it finished with the very settings asked for now. A run
-    whose saved config differs is trained again (one line says what differs) or, with
-    --reuse-only, refused; a killed run (a checkpoint, no metrics.json) is resumed."""
+    """-> (the argv that trains one configuration into its folder, files to delete when it starts),
+    or None where --reuse finds it finished as asked for now (reuse_verdict). A run that differs
+    is trained again (one line says what differs) or, with --reuse-only, refused; a killed run (a
+    checkpoint, no metrics.json) is resumed. compare.py's own settings come last: they win."""
     run_dir, tag = run_folder(args, name, seed), f"[{name} seed {seed}]"
-    argv = flags + [t for scope, tokens in args.train_flags if scope in (None, script.__name__)
-                    for t in tokens]   # compare.py's own settings come after: they win
+    argv = run_flags(script, flags, args)
     argv += ["--seed", str(seed), "--out", run_dir, "--data-dir", args.data_dir,
              "--device", args.device]
     for flag, value in (("--precision", None if args.precision == "fp32" else args.precision),
@@ -197,21 +211,19 @@ def plan_run(name, script, flags, seed, args):
                         ("--subset", args.subset)):
         argv += [flag, str(value)] if value is not None else []
     argv += ["--no-download"] if args.no_download else []
-    want = script_config(script, argv, tag)                  # a bad flag stops the grid here
+    want = script_config(script, argv, tag, run_dir)          # a bad flag stops the grid here
     mpath, ckpt = os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "checkpoint.pt")
     if args.reuse and os.path.exists(mpath):
-        with open(mpath) as f:
-            saved = json.load(f)["config"]
-        defaults = dict(script_config(script, ["--out", run_dir], tag),  # a key older runs lack
-                        **getattr(MODEL_FILES[script.__name__]["reader"], "DEFAULTS", {}))
-        differ = ", ".join(runs.config_differences(saved, want, defaults, NOT_THE_EXPERIMENT))
-        if not differ:
-            print(f"{tag} reusing {run_dir}")
+        differ, code = reuse_verdict(script, run_dir, want, args, tag)
+        if not differ and (not code or args.reuse_other_code):
+            print(f"{tag} reusing {run_dir}" + (f", {code}: marked so in every table "
+                                                "(--reuse-other-code)" if code else ""))
             return None
+        why = differ or [f"{code}; --reuse-other-code keeps it"]
         if args.reuse_only:
-            raise ValueError(f"{tag} --reuse-only: {run_dir} was trained with other settings "
-                             f"({differ}); drop --reuse-only to train it again")
-        print(f"{tag} not reused, trained again: other settings in {run_dir} ({differ})")
+            raise ValueError(f"{tag} --reuse-only: {mpath} is not the run asked for ({'; '.join(why)}); "
+                             "drop --reuse-only to train it again")
+        print(f"{tag} not reused, trained again: {run_dir} differs ({'; '.join(why)})")
         return argv, [mpath, ckpt]       # never resume a run of other settings
     if args.reuse_only:
         raise ValueError(f"{tag} --reuse-only: no finished run in {run_dir} (no metrics.json)")
@@ -220,57 +232,159 @@ def plan_run(name, script, flags, seed, args):
     return argv, [mpath]                 # trained again: no old result beside a new checkpoint
 
 
-def script_config(script, argv, tag):
+def script_config(script, argv, tag, run_dir=None):
     """The config a run of `script.py argv` would save: the script's own parse_args validates argv
-    and fills in every default (and makes the run's folder, as training would). JSON round trip:
-    tuples become lists, as in a saved metrics.json."""
+    and fills in every default. It makes the run's folder, as training would: a folder it made is
+    removed again (training makes it), so a plan refused later leaves no empty folders. JSON
+    round trip: tuples become lists, as in a saved metrics.json."""
+    made = [d for d in (run_dir, run_dir and os.path.dirname(run_dir)) if d and not os.path.exists(d)]
     try:
         return json.loads(json.dumps(script.parse_args(argv)))
     except ValueError as e:
         raise ValueError(f"{tag} {script.__name__}.py refuses `{' '.join(argv)}`: {e}") from None
+    finally:
+        for d in made:
+            if os.path.isdir(d) and not os.listdir(d):
+                os.rmdir(d)
+
+
+def reuse_verdict(script, run_dir, want, args, tag):
+    """Is the finished run in run_dir the one asked for? -> (what differs in the experiment: its
+    config both ways, its data archive, metrics.json against checkpoint.pt; the code, "" when it
+    is today's). docs/protocol.md, 'What --reuse compares'."""
+    mpath, cpath = os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "checkpoint.pt")
+    saved = read_run_json(mpath)
+    if not os.path.exists(cpath):
+        return ["no checkpoint.pt beside its metrics.json"], ""
+    ckpt = runs.check_checkpoint(load_checkpoint(run_dir), cpath)
+    defaults = dict(script_config(script, ["--out", run_dir], tag, run_dir),  # a key older runs lack
+                    **getattr(MODEL_FILES[script.__name__]["reader"], "DEFAULTS", {}))
+    differ = runs.config_differences(saved["config"], want, defaults, NOT_THE_EXPERIMENT)
+    if ckpt["epoch"] != saved.get("epochs") or runs.config_differences(
+            ckpt["config"], saved["config"], defaults, NOT_THE_EXPERIMENT):
+        differ.append(f"checkpoint.pt (epoch {ckpt['epoch']}) and metrics.json (epochs "
+                      f"{saved.get('epochs')}) disagree: one was replaced or edited")
+    prov, theirs = saved.get("provenance"), ckpt.get("provenance")
+    if isinstance(prov, dict) and isinstance(theirs, dict) and any(   # not the commit: it may move
+            prov.get(k) != theirs.get(k) for k in ("code_sha256", "data_md5")):     # during a run
+        differ.append("checkpoint.pt and metrics.json record different code or data")
+    today = runs.data_md5(args.data_dir)
+    if isinstance(prov, dict) and prov.get("data_md5") != today:
+        differ.append(f"data archive md5 {prov.get('data_md5')} -> {today}")
+    return differ, code_change(prov)
+
+
+def code_change(prov):
+    """'' when the code a run recorded (provenance) is today's, byte for byte; else what made it."""
+    if not isinstance(prov, dict) or not isinstance(prov.get("code_files"), list):
+        return "made by unknown code (no provenance recorded: older than this check)"
+    files = prov["code_files"]
+    if all(os.path.isfile(os.path.join(runs.HERE, f)) for f in files) and \
+            runs.code_sha256(files) == prov.get("code_sha256"):
+        return ""
+    return f"made by other code (commit {commit_text(prov)})"
+
+
+def commit_text(prov):
+    """'1a2b3c4d' or '1a2b3c4d + uncommitted changes' or 'unknown': the commit a run records."""
+    if not isinstance(prov, dict) or not prov.get("commit"):
+        return "unknown"
+    return prov["commit"][:8] + (" + uncommitted changes" if prov.get("clean") is False else "")
+
+
+def read_run_json(path):
+    """A run's metrics.json -> its dict; a torn, foreign or hand-broken file is one line naming it."""
+    fix = "delete it to train the run again"
+    if data.regular_file(path, "metrics.json") > 64 << 20:
+        raise ValueError(f"{path}: over 64 MiB, not a metrics.json of this project; {fix}")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e}); {fix}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ValueError(f"{path}: not a run's metrics.json (a JSON object with a config object); {fix}")
+    return saved
 
 
 def train_grid(grid, args):
     """grid: [(name, script, flags, seed)]. Plan every run first (a bad flag or --reuse-only stops
-    the grid before anything is trained or deleted), train what --reuse does not find finished,
-    then return each configuration's metrics.json, in grid order. --jobs 1: one run after another
-    in this process (script.main). --jobs N: up to N runs at once, each its own process, every
-    output line prefixed with its run; a failed run is reported by name, the others go on, and the
-    grid stops after them with one line naming the failures (rerun with --reuse: finished runs are
-    kept)."""
-    plans = [(f"[{name} seed {seed}]", script, plan) for name, script, flags, seed in grid
-             if (plan := plan_run(name, script, flags, seed, args)) is not None]
-    for path in [p for _, _, (_, stale) in plans for p in stale if os.path.exists(p)]:
-        os.remove(path)
-    todo = [(tag, script, argv) for tag, script, (argv, _) in plans]
+    the grid before anything is trained or deleted), train what --reuse does not take, then return
+    each configuration's metrics.json with its origin (reused or trained, commit, flags), in grid
+    order. A run's old files are deleted only when its replacement starts. --jobs 1: one run after
+    another in this process (script.main). --jobs N: run_jobs."""
+    plans = [(f"[{name} seed {seed}]", script, plan_run(name, script, flags, seed, args))
+             for name, script, flags, seed in grid]
+    for path in [p for name, _, _, seed in grid
+                 for p in glob.glob(os.path.join(run_folder(args, name, seed), "*.tmp"))]:
+        os.remove(path)                  # a half-written file (checkpoint.pt.*.tmp) left by a kill
+    todo = [(tag, script, *plan) for tag, script, plan in plans if plan is not None]
     if args.jobs == 1:
-        for tag, script, argv in todo:
+        for tag, script, argv, stale in todo:
             print(f"{tag} python {script.__name__}.py {' '.join(argv)}")
+            remove(stale)
             script.main(argv)
     elif todo:
-        lock = threading.Lock()
-        print(f"training {len(todo)} runs, up to {args.jobs} at a time, {args.threads} CPU threads each")
-        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            ended = list(pool.map(lambda job: run_process(*job, lock), todo))
-        failed = [f"{tag} exit {code}: {last}" for (tag, _, _), (code, last) in zip(todo, ended) if code]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The other runs "
-                               "finished; fix the cause and rerun with --reuse")
+        run_jobs(todo, args)
     finished = []
-    for name, _, _, seed in grid:
-        with open(os.path.join(run_folder(args, name, seed), "metrics.json")) as f:
-            finished.append(json.load(f))
+    for (name, script, flags, seed), (_, _, plan) in zip(grid, plans):
+        run = read_run_json(os.path.join(run_folder(args, name, seed), "metrics.json"))
+        prov = run.get("provenance")
+        run["origin"] = dict(how="reused" if plan is None else "trained", commit=commit_text(prov),
+                             other_code=code_change(prov), flags=" ".join(run_flags(script, flags, args)))
+        finished.append(run)
     return finished
 
 
-def run_process(tag, script, argv, lock):
+def remove(paths):
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def run_jobs(todo, args):
+    """Up to --jobs runs at once, each its own process, every output line prefixed with its run.
+    A failed run is reported by name, the others go on, and the grid stops after them with one
+    line naming the failures. Ctrl-C stops every job within seconds (SIGINT, then kill): each
+    keeps its last checkpoint, and main says how to go on."""
+    lock, stop, live = threading.Lock(), threading.Event(), {}
+    print(f"training {len(todo)} runs, up to {args.jobs} at a time, {args.threads} CPU threads each")
+    pool = concurrent.futures.ThreadPoolExecutor(args.jobs)
+    try:
+        futures = [pool.submit(run_process, *job, lock, stop, live) for job in todo]
+        ended = [f.result() for f in futures]
+    except KeyboardInterrupt:
+        with lock:
+            stop.set()
+            procs = list(live.values())
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    failed = [f"{tag} exit {code}: {last}" for (tag, *_), (code, last) in zip(todo, ended) if code]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The other runs "
+                           "finished; fix the cause and rerun with --reuse")
+
+
+def run_process(tag, script, argv, stale, lock, stop, live):
     """Train one run as `python script.py argv` (a process of its own: --jobs), its output lines
-    printed with tag as they come. -> (exit status, its last non-empty line)."""
+    printed with tag as they come; not started once stop is set. -> (exit status, last line)."""
     with lock:
+        if stop.is_set():
+            return 2, "not started (interrupted)"
         print(f"{tag} python {script.__name__}.py {' '.join(argv)}", flush=True)
-    cmd = [sys.executable, "-u", script.__file__, *argv]
+        remove(stale)
+        cmd = [sys.executable, "-u", script.__file__, *argv]
+        proc = live[tag] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = ""
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with proc:
         for line in proc.stdout:
             last = line.strip() or last
             with lock:
@@ -282,8 +396,11 @@ def run_process(tag, script, argv, lock):
 # Samples to score: each model's images for FID/KID/precision/recall, uint8 (N, 3, 32, 32)
 
 def load_checkpoint(run_dir):
-    return runs.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"),
-                                "train that run again: delete its folder, or drop --reuse")
+    """A run's checkpoint.pt, a regular file holding a dict of this project's shape, else one line."""
+    path = os.path.join(run_dir, "checkpoint.pt")
+    data.regular_file(path, "checkpoint")
+    return runs.check_checkpoint(runs.load_checkpoint(
+        path, "train that run again: delete its folder, or drop --reuse"), path)
 
 
 def image_sets(kind):
@@ -297,19 +414,31 @@ def run_images(kind, run_dir, ref_x, n, device):
     """-> {"samples": n images decoded from noise drawn with EVAL_SEED, and "reconstructions" of
     ref_x[:n] where image_sets has them (a VAE's z = mu)}, uint8 (n, 3, 32, 32)."""
     reader, ckpt = MODEL_FILES[kind]["reader"], load_checkpoint(run_dir)
-    sets = {"samples": reader.sample_images(ckpt, n, EVAL_SEED, device)}
-    if "reconstructions" in image_sets(kind):
-        sets["reconstructions"] = reader.reconstruct_images(ckpt, ref_x[:n], device)
+    with runs.checkpoint_errors(os.path.join(run_dir, "checkpoint.pt")):
+        sets = {"samples": reader.sample_images(ckpt, n, EVAL_SEED, device)}
+        if "reconstructions" in image_sets(kind):
+            sets["reconstructions"] = reader.reconstruct_images(ckpt, ref_x[:n], device)
     return sets
 
 
 def reusable_scores(path, key):
-    """The scores saved at path if they were made with the same key (protocol and checkpoint)."""
-    if not os.path.exists(path):
+    """The scores saved at path if they were made with the same key (score_key), else None (also
+    for a torn or foreign file: it is computed again)."""
+    try:
+        with open(path) as f:
+            sc = json.load(f) if data.regular_file(path, "scores file") < 1 << 24 else None
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
-    with open(path) as f:
-        sc = json.load(f)
-    return sc if all(sc.get(k) == v for k, v in key.items()) else None
+    return sc if isinstance(sc, dict) and all(sc.get(k) == v for k, v in key.items()) else None
+
+
+def score_key(run_dir, kind, **extra):
+    """What a cached score of a run must have been made with: the checkpoint's md5 and the code
+    that reads it and scores its images (the reader's files), besides `extra` (protocol, the
+    reference images' md5)."""
+    files = runs.code_files(os.path.basename(MODEL_FILES[kind]["reader"].__file__))
+    return dict(extra, checkpoint=data.file_md5(os.path.join(run_dir, "checkpoint.pt")),
+                code=runs.code_sha256(files))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,12 +482,12 @@ def real_sets(args, n, models):
 
 def score_run(name, kind, seed, net, ref_x, real_f, proto, args, device):
     """{set: scores} for one trained run: its image_sets (samples; reconstructions of the
-    reference images where it has an encoder). With --reuse, scores saved with the same protocol
-    and checkpoint are read back. Features of each set are cached beside the run (md5 of the
+    reference images where it has an encoder). With --reuse, scores saved with the same score_key
+    (protocol, reference images, checkpoint, code) are read back. Features of each set are cached beside the run (md5 of the
     images checked), so a killed 10,000-image set continues where it stopped."""
     run_dir = run_folder(args, name, seed)
     suffix = f"{proto['ref']}{proto['n']}" + ("" if proto["fid_precision"] == "fp32" else "_" + proto["fid_precision"])
-    key = dict(proto, checkpoint=data.file_md5(os.path.join(run_dir, "checkpoint.pt")))
+    key = score_key(run_dir, kind, ref_md5=metrics.images_md5(ref_x), **proto)
     kinds = image_sets(kind)
     paths = {k: os.path.join(run_dir, f"scores_{k}_{suffix}.json") for k in kinds}
     scores = {k: reusable_scores(paths[k], key) for k in kinds} if args.reuse else {}
@@ -440,8 +569,7 @@ def few_labels(models, args, device):
                 row = few_label_row("raw pixels", pixels, train[1], test[1], seed,
                                     run.get("pixel_probe_acc"))
                 records.append(dict(who, model="", variant="", precision="", **row))
-            key = dict(sizes=list(FEW_LABELS), draws=FEW_LABEL_DRAWS,
-                       checkpoint=data.file_md5(os.path.join(run_dir, "checkpoint.pt")))
+            key = score_key(run_dir, m["kind"], sizes=list(FEW_LABELS), draws=FEW_LABEL_DRAWS)
             saved = reusable_scores(os.path.join(run_dir, "few_labels.json"), key)
             if saved is None:
                 saved = dict(key, rows=few_label_rows(m["kind"], run, run_dir, train, test, device))
@@ -455,8 +583,9 @@ def few_label_rows(kind, run, run_dir, train, test, device):
     and at random init (the same seed), from its checkpoint."""
     ckpt, rows = load_checkpoint(run_dir), []
     for trained, tail, prefix in ((True, "", ""), (False, " at random init", "random_")):
-        feats = [MODEL_FILES[kind]["features"](ckpt, x, device, trained)
-                 for x in (train[0], test[0])]
+        with runs.checkpoint_errors(os.path.join(run_dir, "checkpoint.pt")):
+            feats = [MODEL_FILES[kind]["features"](ckpt, x, device, trained)
+                     for x in (train[0], test[0])]
         for label, key in MODEL_FILES[kind]["probes"]:
             whole = run.get(f"{prefix}{key}_acc")       # its own probe on the whole subset, if any
             rows.append(few_label_row(label + tail, [f[label] for f in feats], train[1], test[1],
@@ -478,38 +607,81 @@ def few_label_row(label, feats, train_y, test_y, seed, whole):
 # ----------------------------------------------------------------------------------------------
 # The table
 
-def mean_std(values):
+def t95(df):
+    """The 0.975 quantile of Student's t with df degrees of freedom: the table T95 up to 9, then
+    the Cornish-Fisher expansion around the normal quantile (within 3e-4 of the exact value at
+    df = 10, closer beyond). The half-width of a 95% interval for a mean of n is t95(n-1) s / sqrt(n)."""
+    if df <= len(T95):
+        return T95[df - 1]
+    z = 1.959963985
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+def mean_ci(values):
+    """-> (mean, half-width of its 95% t interval, n) of the values that are not None; the
+    half-width is None for fewer than 2 values."""
     v = [x for x in values if x is not None]
     if not v:
-        return None, None
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+        return None, None, 0
+    half = t95(len(v) - 1) * float(np.std(v, ddof=1)) / np.sqrt(len(v)) if len(v) > 1 else None
+    return float(np.mean(v)), half, len(v)
 
 
 def fmt(values, spec="{:.1f}", scale=1.0, missing="n/a"):
-    """'mean +- sample std' over seeds; one value where there is one seed, or where every seed gives
-    the very same number (parameter counts). The spread is unsigned even when spec has a '+'."""
-    m, s = mean_std(values)
+    """'mean +- h (n=3)': the mean over seeds and the half-width h of its 95% t interval; one
+    value where there is one seed, or where every seed gives the very same number (parameter
+    counts). A half-width that rounds to zero in spec is shown as '< 1 unit', never '+- 0.00'. The
+    spread is unsigned even when spec has a '+'."""
+    m, half, n = mean_ci(values)
     if m is None:
         return missing
     text = spec.format(m * scale)
-    if s is None or len(set(x for x in values if x is not None)) == 1:
+    if half is None or len(set(x for x in values if x is not None)) == 1:
         return text
-    return text + " +- " + spec.replace("+", "").format(s * scale)
+    spread = spec.replace("+", "").format(half * scale)
+    if not spread.strip("0.,"):       # 0.00: smaller than the last digit shown
+        spread = "< " + spread[:-1] + "1"
+    return f"{text} +- {spread} (n={n})"
 
 
 def build_tables(results, args):
     """results: {"models": {name: {"kind", "runs": [metrics per seed], "scores": {set: [per seed]}}},
-    "samples": the protocol and the floor (score_samples), "env": where it ran}. -> Markdown."""
+    "samples": the protocol and the floor (score_samples), "env": where it ran}. -> Markdown.
+    A model with a run made by other code (--reuse-other-code) is named with that code's commit
+    in every table (marked)."""
     models, env = results["models"], results["env"]
-    nseeds = len(args.seeds)
     head = (f"Seeds: {', '.join(map(str, args.seeds))}"
-            + (" (figures are mean +- std over seeds)" if nseeds > 1 else "") + ". "
+            + (" (figures: the mean over the n seeds +- the half-width of its 95% t interval)"
+               if len(args.seeds) > 1 else "") + ". "
             f"Training precision: {args.precision}. Device: {env['device']}; torch {env['torch']}; "
             f"machine: {env['machine']}; code: commit {env.get('commit') or 'unknown (no git)'}.")
+    shown = marked(models)
     few = few_label_table(results["few_labels"]) + [""] if results.get("few_labels") else []
-    return "\n".join([head, ""] + probe_table(models) + [""] + few
-                     + samples_table(models, results["samples"]) + [""] + cost_table(models)
-                     + [""] + paired_table(models, args.seeds))
+    return "\n".join([head, ""] + probe_table(shown) + [""] + few
+                      + samples_table(shown, results["samples"]) + [""] + cost_table(shown)
+                      + [""] + paired_table(models, args.seeds) + [""] + runs_table(models))
+
+
+def marked(models):
+    """{name, or 'name (other code: commit ...)' where a run of it was made by other code: m}."""
+    def label(name, m):
+        other = sorted({r["origin"]["commit"] for r in m["runs"] if r.get("origin", {}).get("other_code")})
+        return f"{name} (other code: commit {', '.join(other)})" if other else name
+    return {label(name, m): m for name, m in models.items()}
+
+
+def runs_table(models):
+    """Where each figure comes from: per run, reused or trained now, the commit of the code that
+    made it, whether that is today's code, and the flags that make it what it is."""
+    L = ["### Runs", "", "| variant | seed | run | commit | code | flags |", "|---|---:|---|---|---|---|"]
+    for name, m in models.items():
+        for r in m["runs"]:
+            o = r.get("origin", {})
+            code = o.get("other_code") or "today's"
+            L.append(f"| {name} | {r['config'].get('seed')} | {o.get('how', '?')} | {o.get('commit', '?')} | "
+                     f"{code} | {o.get('flags') or '(defaults)'} |")
+    return L
 
 
 def probe_table(models):
@@ -595,16 +767,19 @@ def cost_table(models):
 
 def paired_table(models, seeds):
     """Each variant minus its model file's default run with the same seed (the same training
-    subset, initial weights and noise), per seed, and the mean (+- std) of those differences."""
+    subset, initial weights and noise), per seed, and the mean of those differences with its n
+    and 95% t interval."""
     L = ["### Variants minus their default, paired by seed", "",
          "A variant's figure minus that of its model file's default run of the same seed (same "
          "subset, initial weights and noise): the seed-to-seed spread cancels. Probes in "
          "points.", "",
-         "| variant - default | figure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+         "| variant - default | figure | " + " | ".join(f"seed {s}" for s in seeds)
+         + " | mean +- 95% t interval (n) |",
          "|---|---|" + "---:|" * (len(seeds) + 1)]
+    shown = dict(zip(models, marked(models)))
     for name, m in models.items():
-        base = models.get(m["kind"])
-        if base is None or name == m["kind"]:
+        base = models.get(pair_of(m["kind"]))
+        if base is None or name == pair_of(m["kind"]):
             continue
         theirs = paired_figures(base)
         for label, (values, scale, spec) in paired_figures(m).items():
@@ -613,7 +788,7 @@ def paired_table(models, seeds):
             if any(d is not None for d in diff):
                 cells = " | ".join("n/a" if d is None else spec.format(d) for d in diff)
                 mean = fmt(diff, spec) if len(seeds) > 1 else ""
-                L.append(f"| {name} - {m['kind']} | {label} | {cells} | {mean} |")
+                L.append(f"| {shown[name]} - {shown[pair_of(m['kind'])]} | {label} | {cells} | {mean} |")
     return L if len(L) > 6 else []   # the heading alone: no variant beside its default here
 
 
@@ -632,11 +807,12 @@ def paired_figures(m):
 
 
 def few_label_table(records):
-    """Few-label probe accuracy (%) of every feature row, mean +- std over draws and seeds."""
+    """Few-label probe accuracy (%) of every feature row, mean over draws and seeds (fmt)."""
     L = ["### Few labels: linear-probe test accuracy (%) with k labelled images per class", "",
          "The probe above fitted on k labelled images per class, drawn stratified from each run's "
          f"training subset ({FEW_LABEL_DRAWS} draws below the whole subset, which is the run's own "
-         "probe), tested on the 10,000 test images; mean +- std over draws and seeds. Features "
+         "probe), tested on the 10,000 test images; the mean over the n draws and seeds +- its "
+         "95% t interval (draws of one seed share its features, so the interval is a rough one). Features "
          "from each run's checkpoint (metrics.few_label_probe). Chance is 10%.", "",
          "| features | dim | " + " | ".join(f"k = {k:,}" for k in FEW_LABELS) + " |",
          "|---|---:|" + "---:|" * len(FEW_LABELS)]
@@ -650,7 +826,8 @@ def few_label_table(records):
     return L
 
 
-CSV_COLUMNS = ["model", "variant", "seed", "precision", "figure", "value", "N", "reference"]
+CSV_COLUMNS = ["model", "variant", "seed", "precision", "figure", "value", "N", "reference",
+               "run", "commit", "code", "flags"]   # the last four: where the run's figures come from
 SAMPLE_FIGURES = ("fid", "kid_mean", "kid_std", "is_mean", "precision", "recall")
 
 
@@ -658,35 +835,42 @@ def results_csv(results):
     """results.csv, one row per run and figure (CSV_COLUMNS), in results.json's units: each
     number of a run's metrics.json (a probe: N training images, tested on the test set), its
     sample scores (N images against the reference set), the floor, and the few-label probes
-    (mean over draws; N labelled images)."""
-    rows = []
+    (mean over draws; N labelled images); each run's row ends with its origin (reused or trained,
+    commit, today's code or other, its flags)."""
+    rows, origin = [], {}
     for name, m in results["models"].items():
         for i, run in enumerate(m["runs"]):
-            cfg = run["config"]
+            cfg, o = run["config"], run.get("origin", {})
+            origin[name, cfg["seed"]] = tail = [o.get("how", ""), o.get("commit", ""),
+                                                o.get("other_code") or "today's", o.get("flags", "")]
             head = [m["kind"], name, cfg["seed"], cfg.get("precision", "fp32")]
             for k, v in run.items():
                 if type(v) in (int, float) and k not in ("seed", "threads"):   # not bool, not text
                     probe = k.endswith("probe_acc")
                     rows.append(head + [k, v, cfg["subset"] if probe else "",
-                                        "test" if probe or k.startswith("test_") else ""])
+                                        "test" if probe or k.startswith("test_") else ""] + tail)
             for k, sc in m["scores"].items():
-                rows += sample_rows(head, k, sc[i])
+                rows += [r + tail for r in sample_rows(head, k, sc[i])]
     if results["samples"].get("floor"):
         rows += sample_rows(["", "real images (floor)", "", ""], "floor",
                             results["samples"]["floor"])
     for r in results.get("few_labels") or []:
         rows += [[r["model"], r["variant"], r["seed"], r["precision"], f"few_label_acc: {r['row']}",
-                  float(np.mean(accs)), 10 * int(k), "test"] for k, accs in r["acc"].items()]
+                  float(np.mean(accs)), 10 * int(k), "test"] + origin.get((r["variant"], r["seed"]), [])
+                 for k, accs in r["acc"].items()]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([CSV_COLUMNS] + rows)
     return buf.getvalue()
 
 
 def sample_rows(head, images, sc):
-    """The CSV rows of one image set's scores: N = its images, reference = the real set."""
+    """The CSV rows of one image set's scores: N = its images, reference = the real set. KID's
+    spread over its subsets is left empty at N <= KID_SUBSET_SIZE, where it is 0 by construction."""
     where = sc["ref"] + ("" if sc["fid_precision"] == "fp32"
                          else f" ({sc['fid_precision']} Inception)")
-    return [head + [f"{images}_{k}", sc[k], sc["n_fake"], where] for k in SAMPLE_FIGURES]
+    no_spread = min(sc["n_fake"], sc.get("n_real", sc["n_fake"])) <= metrics.KID_SUBSET_SIZE
+    return [head + [f"{images}_{k}", "" if k == "kid_std" and no_spread else sc[k], sc["n_fake"], where]
+            for k in SAMPLE_FIGURES]
 
 
 def pictures_md(args, models):
@@ -718,24 +902,12 @@ def make_parser():
     p.add_argument("--no-download", action="store_true", help="never download the dataset")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     p.add_argument("--seeds", type=int, nargs="+", default=SEEDS,
-                   help="one run per seed (default 42); figures become mean +- std over seeds")
+                   help="one run per seed (default 42); figures become the mean over seeds +- its 95%% t "
+                        "interval, with n")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME",
                    help="which of the study's two models to include: vae, dcgan (default both); e.g. "
                         "--models dcgan --variants dcgan_sn to work on the GAN alone")
-    p.add_argument("--variants", nargs="*", default=None, metavar="NAME",
-                   help="also train variants: with no NAME all of them, else the ones named: "
-                        "vae_cyclical (cyclical beta), vae_beta4 and vae_beta025 (KL weight 4 and 0.25), "
-                        "dcgan_sn (spectral norm), dcgan_ttur (TTUR), dcgan_mbd (minibatch discrimination), "
-                        "dcgan_all (all three), dcgan_wgangp (WGAN-GP), dcgan_diffaug (DiffAugment), "
-                        "dcgan_ema (EMA generator), dcgan_diffaug_ema (both), dcgan_ema099 (EMA, decay 0.99), "
-                        "vaegan (VAE-GAN, vaegan.py), vaegan_gamma01 and vaegan_gamma1 (its --gamma 0.1 and 1)")
-    p.add_argument("--reuse", action="store_true",
-                   help="reuse the finished runs in --out whose saved config is the one this "
-                        "call would give them; a run of other settings is trained again (one "
-                        "line says which settings differ)")
-    p.add_argument("--reuse-only", action="store_true",
-                   help="as --reuse, but train nothing: a missing run or one of other settings "
-                        "stops the call in one line, before any work")
+    add_variant_flags(p)
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of every run (default: each script's own: vae 20, dcgan 40)")
     p.add_argument("--subset", type=int, default=None,
@@ -745,7 +917,8 @@ def make_parser():
                    help='more flags for the training scripts: "--lr 1e-4" for every run, '
                         '"dcgan: --lr-d 1e-4" for the runs of dcgan.py only; repeatable; one '
                         "flag alone as --train-flags=--ttur. Each script checks them before "
-                        "any run starts, and its config records them")
+                        "any run starts, and its config records them. Refused: a flag that a chosen "
+                        "variant sets itself (use --variant), and --export, --bench, --resume")
     p.add_argument("--few-labels", action="store_true",
                    help=f"also the linear probe on {', '.join(map(str, FEW_LABELS))} labelled "
                         f"images per class ({FEW_LABEL_DRAWS} draws) for raw pixels and each "
@@ -782,6 +955,27 @@ def make_parser():
     return p
 
 
+def add_variant_flags(p):
+    """--variants (the table's names), --variant (your own), and the --reuse family."""
+    p.add_argument("--variants", nargs="*", default=None, metavar="NAME",
+                   help="also train variants: with no NAME all of them, else the ones named: "
+                        + "; ".join(f"{k} ({s.__name__}.py {' '.join(f)})" for k, (s, f) in VARIANTS.items()))
+    p.add_argument("--variant", action="append", default=[], metavar='NAME="MODEL: FLAGS"',
+                   help='a variant of your own, e.g. --variant dcgan_slowd="dcgan: --lr-d 1e-4" (MODEL: '
+                        f"{', '.join(MODEL_FILES)}); repeatable; it joins every table, the paired "
+                        "table and results.csv like the ones above")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse the finished runs in --out made with this call's config, code, data "
+                        "archive and matching checkpoint; any other is trained again (one line says "
+                        "what differs). docs/protocol.md, 'What --reuse compares'")
+    p.add_argument("--reuse-only", action="store_true",
+                   help="as --reuse, but train nothing: a missing run or one that differs "
+                        "stops the call in one line, before any work")
+    p.add_argument("--reuse-other-code", action="store_true",
+                   help="as --reuse, but also keep a run whose code alone differs from today's (other "
+                        "commit, uncommitted changes, or no record): every table marks it, with its commit")
+
+
 def parse_args(argv=None):
     p = make_parser()
     args = p.parse_args(argv)
@@ -798,6 +992,7 @@ def check_args(p, args):
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
+    args.threads_asked = args.threads      # compare's own scoring takes it only when asked for
     if args.threads is None:   # 0: the runs' own default (torch's: one thread per core)
         args.threads = 0 if args.jobs == 1 else max(1, (os.cpu_count() or 1) // args.jobs)
     if any(s < 0 for s in args.seeds):
@@ -809,7 +1004,11 @@ def check_args(p, args):
     args.epochs = args.epochs or (QUICK["epochs"] if args.quick else None)  # None: the script's
     args.subset = args.subset or (QUICK["subset"] if args.quick else None)
     args.train_flags = [split_train_flags(p, text) for text in args.train_flags]
-    args.reuse = args.reuse or args.reuse_only
+    args.added = dict(user_variant(p, text) for text in args.variant)
+    if len(args.added) < len(args.variant):
+        p.error("--variant: each NAME once")
+    check_overrides(p, args)
+    args.reuse = args.reuse or args.reuse_only or args.reuse_other_code
     top = FID_REFS[args.fid_ref]
     if args.fid_samples is not None and not (10 <= args.fid_samples <= top and args.fid_samples % 10 == 0):
         p.error(f"--fid-samples must be a multiple of 10 between 10 and {top} (the {args.fid_ref} set's "
@@ -829,29 +1028,83 @@ def check_args(p, args):
         p.error(f"--out {args.out} is not writable ({e.strerror})")
 
 
+def flag_tokens(p, what, text):
+    """shlex-split FLAGS -> argv; compare.py's own settings and the run modes refused in one line."""
+    try:
+        tokens = shlex.split(text)
+    except ValueError as e:
+        p.error(f"{what} {text!r}: {e}")
+    for t in tokens:
+        name = t.split("=")[0]
+        if t.startswith("-") and any(flag.startswith(name) for flag in SET_BY_COMPARE):
+            p.error(f"{what}: {t} is compare.py's to set (--seeds, --epochs, --subset, "
+                    "--precision, --device, --threads, --data-dir, --out)")
+        if t.startswith("--") and any(flag.startswith(name) for flag in RUN_MODES):
+            p.error(f"{what}: {name} is a run mode, not a training setting; compare.py trains the "
+                    "runs itself and continues killed ones (--reuse); call the script for it")
+    return tokens
+
+
 def split_train_flags(p, text):
     """One --train-flags value -> (the model file it is for, None for all; its flags as argv)."""
     scope, colon, rest = text.partition(":")
     scope = scope.strip() if colon and not scope.strip().startswith("-") else None
     if scope is not None and scope not in MODEL_FILES:
         p.error(f"--train-flags {text!r}: {scope!r} is not a model file ({', '.join(MODEL_FILES)})")
+    return scope, flag_tokens(p, "--train-flags", rest if scope is not None else text)
+
+
+def user_variant(p, text):
+    """--variant NAME="MODEL: FLAGS" -> (NAME, (the model file's module, FLAGS as argv))."""
+    name, eq, rest = text.partition("=")
+    kind, colon, flags = rest.partition(":")
+    name, kind = name.strip(), kind.strip()
+    if not (eq and colon and re.fullmatch(r"[a-z][a-z0-9_]*", name)):
+        p.error(f'--variant {text!r}: write NAME="MODEL: FLAGS", NAME in lower case, digits and _')
+    if name in MODELS or name in VARIANTS:
+        p.error(f"--variant {name}: a built-in name; choose another")
+    if kind not in MODEL_FILES:
+        p.error(f"--variant {text!r}: {kind!r} is not a model file ({', '.join(MODEL_FILES)})")
+    return name, (importlib.import_module(kind), flag_tokens(p, "--variant", flags))
+
+
+def check_overrides(p, args):
+    """--train-flags may not change what a chosen variant sets itself: its flags come after the
+    variant's, so they would win silently and the row would be mislabelled. Decided on the configs
+    the script itself makes (its parse_args): abbreviations, --no-X and X=V count alike."""
+    scratch = tempfile.mkdtemp(prefix="compare_flags_")
     try:
-        tokens = shlex.split(rest if scope is not None else text)
-    except ValueError as e:
-        p.error(f"--train-flags {text!r}: {e}")
-    ours = [t for t in tokens if t.startswith("-")
-            and any(flag.startswith(t.split("=")[0]) for flag in SET_BY_COMPARE)]
-    if ours:
-        p.error(f"--train-flags: {ours[0]} is compare.py's to set (--seeds, --epochs, --subset, "
-                "--precision, --device, --threads, --data-dir, --out)")
-    return scope, tokens
+        for name, (script, flags) in selected_models(args.variants, args.models, args.added).items():
+            extra = run_flags(script, [], args)
+            if not flags or not extra:
+                continue
+            config = lambda argv: script_config(script, argv + ["--out", scratch, "--device", "cpu"],
+                                                f"[{name}]")
+            base, own, both = config([]), config(flags), config(flags + extra)
+            hit = [k for k in own if own[k] != base[k] and both[k] != own[k]]
+            if hit:
+                p.error(f"--train-flags: it sets {', '.join(f'{k} to {both[k]}' for k in hit)}, which "
+                        f"the variant {name} "
+                        f"sets itself ({' '.join(flags)}); add a variant instead, e.g. --variant "
+                        f"{name}_2=\"{script.__name__}: {' '.join(extra)}\" with its own value")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        return compare(args)
+    except KeyboardInterrupt:   # Ctrl-C: the jobs are stopped (run_jobs); nothing finished is lost
+        raise RuntimeError("interrupted: every finished run and score is kept, and a run stopped "
+                           "mid-way keeps its last checkpoint; rerun the same command with --reuse "
+                           "to go on from there") from None
+
+
+def compare(args):
     t_start = time.time()
     device = runs.pick_device(args.device)
-    chosen = selected_models(args.variants, args.models)
+    chosen = selected_models(args.variants, args.models, args.added)
     print(f"compare: {', '.join(chosen)} x seeds {args.seeds} on {device}")
 
     # 1. Train (or reuse) every configuration: one after another, or --jobs at once.
@@ -859,6 +1112,8 @@ def main(argv=None):
     grid = [(name, script, flags, seed) for seed in args.seeds for name, (script, flags) in chosen.items()]
     for (name, _, _, _), run in zip(grid, train_grid(grid, args)):
         models[name]["runs"].append(run)
+    if args.threads_asked:             # the scoring below on the threads asked for, too
+        torch.set_num_threads(args.threads_asked)
 
     # 2. Sample quality in Inception features, every model against the same real images.
     samples = score_samples(models, args, device)
@@ -870,7 +1125,7 @@ def main(argv=None):
     env = dict(device=str(device), torch=torch.__version__, commit=runs.git_commit(),
                machine=f"{os.cpu_count()} CPU cores" + (
                    f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
-               seconds=time.time() - t_start, args=vars(args))
+               seconds=time.time() - t_start, args={k: v for k, v in vars(args).items() if k != "added"})
     results = {"models": models, "samples": samples, "few_labels": few, "env": env}
     table = build_tables(results, args)
     data.write_json(os.path.join(args.out, "results.json"), results)

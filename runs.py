@@ -4,7 +4,7 @@ are in the model files; nothing here is about VAEs or GANs.
 
 What is here, in order:
   the command line   one parser per script with --help grouped and an epilog of examples
-                     (make_parser), the 18 flags every script shares and their checks
+                     (make_parser), the 19 flags every script shares and their checks
                      (add_run_flags, check_run_flags), and one-line errors (cli_main: a bad flag,
                      missing data or a diverging run is one line on stderr and exit status 2)
   device and speed   the device, CPU threads, deterministic kernels (setup_run); --precision
@@ -26,7 +26,9 @@ What is here, in order:
 It imports data.py (CIFAR-10, file writes), never a model file; it has no command of its own.
 """
 import argparse
+import ast
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -81,7 +83,7 @@ def make_parser(description, examples, outputs):
 
 
 def add_run_flags(p, epochs, subset, batch_size, seed, out):
-    """Declare the 18 flags every training script takes, in their own --help group after the
+    """Declare the 19 flags every training script takes, in their own --help group after the
     script's own flags; the defaults come from each script's settings block. check_run_flags
     validates them."""
     p = p.add_argument_group("run settings, shared by vae.py, dcgan.py and vaegan.py (runs.py)")
@@ -116,6 +118,9 @@ def add_run_flags(p, epochs, subset, batch_size, seed, out):
                    help="write N images of the finished run in OUT (its checkpoint) to PATH, then exit: "
                    "PATH.npz (uint8, NHWC, key 'images') or, when PATH ends in /, one PNG per image; "
                    "the very images compare.py scores (noise seed metrics.EVAL_SEED)")
+    p.add_argument("--weights", metavar="FILE", default=None, help="no training: draw the pictures "
+                   "of a trained model file (weights/vae.pt, weights/dcgan.pt) into --out, in seconds "
+                   "and without the dataset; with --export, that model's images")
     p.add_argument("--export-recon", action="store_true", help="with --export, the VAEs only: "
                    "reconstructions of the N reference test images compare.py uses, not samples")
 
@@ -154,7 +159,10 @@ def check_run_flags(a):
     except OSError as e:
         raise ValueError(f"--out {a.out} is not a writable folder ({e.strerror or e})") from None
     ckpt = os.path.join(a.out, "checkpoint.pt")
-    if a.export is not None and not os.path.isfile(ckpt):
+    if a.weights is not None and not os.path.isfile(a.weights):
+        raise ValueError(f"--weights: no file {a.weights}; the shipped ones are weights/vae.pt and "
+                         "weights/dcgan.pt")
+    if a.export is not None and a.weights is None and not os.path.isfile(ckpt):
         raise ValueError(f"--export: no checkpoint at {ckpt}; train the run first (same --out)")
     if a.resume and not os.path.isfile(ckpt):
         raise ValueError(f"--resume: no checkpoint at {ckpt}; run without --resume to start afresh")
@@ -197,23 +205,85 @@ def native_bf16(device):
 
 
 def autocast(cfg, device):
-    """--precision as a context to wrap a training step's forward passes in: bfloat16 autocast
-    (convolutions, matmuls and Linear layers in bf16; weights, their gradients and Adam's state stay
-    float32, and so do BatchNorm's running statistics) or, for fp32, a context that does nothing.
-    Losses are computed on .float() outputs, and backward runs outside the context, as PyTorch's
-    autocast guide asks. A function, so each step opens a fresh context."""
+    """--precision as a context: bfloat16 autocast (convolutions, matmuls and Linear layers in
+    bf16; weights, their gradients and Adam's state stay float32, and so do BatchNorm's running
+    statistics) or, for fp32, a context that does nothing. A function: each use opens a fresh one."""
     if cfg.get("precision", "fp32") != "bf16":
         return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+class Autocast(torch.nn.Module):
+    """A net seen through --precision bf16: each forward under bfloat16 autocast, its outputs
+    cast back to float32, so the losses are taken in float32 and backward runs outside autocast,
+    as PyTorch's autocast guide asks. It holds the very net (same parameters): training steps
+    call it as they would the net; the checkpoint saves the net itself."""
+
+    def __init__(self, net, cfg):
+        super().__init__()
+        self.net, self.amp = net, autocast(cfg, next(net.parameters()).device)
+
+    def forward(self, *args):
+        with self.amp():
+            out = self.net(*args)
+        return out.float() if torch.is_tensor(out) else tuple(t.float() for t in out)
+
+    def __getattr__(self, name):             # latent_dim, z_dim, ...: the net's own
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.net, name)
+
+
+def mixed_precision(net, cfg):
+    """The net a training step calls: the net itself (fp32), or Autocast(net) for --precision bf16."""
+    return Autocast(net, cfg) if cfg.get("precision", "fp32") == "bf16" else net
+
+
+def to_device(net, cfg, device):
+    """net on device; with --channels-last its conv weights stored NHWC (oneDNN's direct
+    convolutions on a CPU: the same values, another order of sums)."""
+    fmt = torch.channels_last if cfg.get("channels_last") else torch.preserve_format
+    return net.to(device, memory_format=fmt)
+
+
+def memory_format(x, cfg):
+    """A batch as --channels-last wants it (the same values, NHWC in memory)."""
+    return x.contiguous(memory_format=torch.channels_last) if cfg.get("channels_last") else x
+
+
+def speed_line(cfg):
+    return (f"speed: {'channels_last, ' if cfg.get('channels_last') else ''}"
+            f"{torch.get_num_threads()} threads, {cfg.get('precision', 'fp32')}")
+
+
+def run_record(cfg, device):
+    """What metrics.json says of the run besides its figures: where, with what and by what code."""
+    return dict(device=str(device), threads=torch.get_num_threads(), torch=str(torch.__version__),
+                seed=cfg["seed"], precision=cfg["precision"], config=cfg, commit=git_commit(),
+                provenance=provenance(cfg))
+
+
+OLD_CONFIGS = dict(precision="fp32")   # what a config saved before a shared flag existed meant
 
 
 def resume_checkpoint(cfg, same_keys, defaults=None):
     """With --resume, OUT/checkpoint.pt, refused in one line if any of same_keys (the settings
-    that define the experiment) differs from this run's; without it, None."""
+    that define the experiment) differs from this run's, or if another script made it; without
+    it, None. defaults: what the script's own settings meant in configs saved before they existed
+    (its "script": the older script whose checkpoints it continues too)."""
     if not cfg["resume"]:
         return None
-    return load_checkpoint(os.path.join(cfg["out"], "checkpoint.pt"), "run without --resume to start afresh",
-                           cfg, same_keys, defaults)
+    path = os.path.join(cfg["out"], "checkpoint.pt")
+    ckpt = load_checkpoint(path, "run without --resume to start afresh", cfg, same_keys,
+                           dict(OLD_CONFIGS, **(defaults or {})))
+    if ckpt.get("script", cfg["script"]) not in (cfg["script"], (defaults or {}).get("script")):
+        raise ValueError(f"--resume: {path} was made by {ckpt['script']}, not {cfg['script']}; "
+                         "resume it with that script")
+    if ckpt["epoch"] > cfg["epochs"]:
+        raise ValueError(f"--resume: the checkpoint already has {ckpt['epoch']} epochs, more than "
+                         f"--epochs {cfg['epochs']}")
+    return ckpt
 
 
 # ==== Checkpoints: written atomically, refused in one line when they do not fit ==============
@@ -413,16 +483,39 @@ def tutorial_gan_step(G, D, opt_g, opt_d, real, device):
     return (err_d_real + err_d_fake).item(), err_g.item(), d_x, d_g_z1
 
 
-def bench(cfg, device, make_step, drop_last):
+def bench_step(model_file, cfg, device, tutorial):
+    """-> step(x): one training step of a model file on batch x, from the init for cfg: ours (its
+    train_step, or dcgan_remedies.py's select_step) or with tutorial the matching tutorial_*_step."""
+    if hasattr(model_file, "vae_loss"):                        # vae.py
+        model = model_file.build_model(cfg, device)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+        if tutorial:
+            return lambda x: tutorial_vae_step(model, opt, x, device, model_file.vae_loss)
+        noise, net = torch.Generator().manual_seed(noise_seed(cfg["seed"], "vae_eps")), mixed_precision(model, cfg)
+        return lambda x: model_file.train_step(net, opt, x, torch.randn(
+            x.shape[0], model.latent_dim, generator=noise).to(device), cfg["beta"])
+    G, D = model_file.build_models(cfg, device)                # dcgan.py, dcgan_remedies.py
+    opt_g, opt_d = model_file.optimisers(G, D, cfg)
+    if tutorial:
+        return lambda x: tutorial_gan_step(G, D, opt_g, opt_d, x, device)
+    noise = torch.Generator().manual_seed(noise_seed(cfg["seed"], "gan_z"))
+    select = getattr(model_file, "select_step", lambda cfg, noise, epoch, device: model_file.train_step)
+    step, G_, D_ = select(cfg, noise, 0, device), mixed_precision(G, cfg), mixed_precision(D, cfg)
+    return lambda x: step(G_, D_, opt_g, opt_d, memory_format(x, cfg),
+                          torch.randn(x.shape[0], G.z_dim, generator=noise).to(device))
+
+
+def bench(cfg, device, model_file):
     """The --bench of vae.py and dcgan.py, one harness for both: an epoch of our loop (the subset
     as one uint8 tensor on the device, Batches) against the pytorch/examples tutorial loop (a
     DataLoader with its defaults over a float TensorDataset, NCHW models), the same models from
     the same init, batch size and drop_last; with --channels-last also ours without it.
-    make_step(cfg, device, tutorial) -> step(x) is the model file's part (its step, or with
-    tutorial the matching tutorial_*_step on its models). --precision bf16 runs our loops under
+    bench_step gives each loop's step for model_file. --precision bf16 runs our loops under
     bfloat16 autocast; the tutorial's stays float32, as the tutorial is. Prints the figures,
     writes OUT/bench.json (seconds: the fastest of BENCH_ROUNDS epochs) and returns its dict."""
     train_x, train_y = data.load_subset(cfg)
+    drop_last = not hasattr(model_file, "vae_loss")           # the GAN drops a partial last batch
+    make_step = lambda cfg, device, tutorial: bench_step(model_file, cfg, device, tutorial)
     ours = Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"], shuffle=True,
                         drop_last=drop_last)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.to_float(train_x)),
@@ -448,14 +541,58 @@ def bench(cfg, device, make_step, drop_last):
     return res
 
 
+# ==== What a training script does instead of training: --bench, --export, --weights ===========
+def other_mode(cfg, device, model_file):
+    """--bench (bench), --export N PATH (export: from OUT/checkpoint.pt, or from the --weights
+    file), or --weights alone: the file's pictures into --out, without training or the dataset."""
+    import metrics   # here, not at the top: metrics.py imports this file
+    if cfg["bench"]:
+        return bench(cfg, device, model_file)
+    script, ckpt = cfg["script"], read_weights(cfg["weights"], cfg["script"]) if cfg["weights"] else None
+    sets = {"samples": lambda c, n: model_file.sample_images(c, n, metrics.EVAL_SEED, device)}
+    if hasattr(model_file, "reconstruct_images"):   # the VAEs: the reference draw of n test images
+        sets["reconstructions"] = lambda c, n: model_file.reconstruct_images(c, metrics.reference_images(
+            cfg["data_dir"], "test", n, download=not cfg["no_download"]), device)
+    if cfg["export"]:
+        return export(cfg, script, sets, ckpt)
+    model_file.pictures(dict(ckpt["config"], out=cfg["out"], data_dir=cfg["data_dir"]), ckpt, device)
+    print(f"pictures of {cfg['weights']} ({ckpt['config'].get('epochs')} epochs, seed "
+          f"{ckpt['config']['seed']}) in {cfg['out']}")
+    return ckpt
+
+
+WEIGHT_KEYS_DROPPED = ("opt_g", "opt_d", "optimizer", "opt_vae", "torch_rng", "rng")  # resume-only
+
+
+def save_weights(checkpoint, dest):
+    """A finished run's checkpoint.pt as a weights file (weights/): its models in float32, config,
+    history, commit, provenance; not the optimiser states, which only --resume needs."""
+    ckpt = load_checkpoint(checkpoint, "train the run first")
+    atomic_torch_save({k: v for k, v in ckpt.items() if k not in WEIGHT_KEYS_DROPPED}, dest)
+
+
+def read_weights(path, script):
+    """A weights file for `script`, or one line saying why not (missing, not a torch file, not
+    weights_only-safe, or another model's)."""
+    ckpt = load_checkpoint(path, "pass a weights file of this project, e.g. weights/dcgan.pt")
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise ValueError(f"--weights: {path} is not a weights file of this project (no config in it)")
+    if ckpt.get("script") != script:
+        raise ValueError(f"--weights: {path} holds a model of {ckpt.get('script')}, not of {script}; "
+                         "pass it to that script")
+    return ckpt
+
+
 # ==== Provenance: is a finished run the one asked for, and which code made it =================
 def config_differences(saved, want, defaults=None, ignore=()):
-    """['epochs 1 -> 20', ...]: the keys of config `want` (all but `ignore`) whose value in the
-    saved config differs. A key missing from an older saved config means what `defaults` says
-    (a setting added since: the older code ran as its default does)."""
+    """['epochs 1 -> 20', 'foo 3 -> (no such setting)']: the keys (all but `ignore`) in which a
+    saved config and config `want` differ, both ways. A key missing from an older saved config
+    means what `defaults` says (a setting added since: the older code ran as its default does);
+    a saved key that `want` lacks differs (an edited file, or a setting since removed)."""
     defaults = defaults or {}
-    return [f"{k} {saved.get(k, defaults.get(k))} -> {v}" for k, v in want.items()
-            if k not in ignore and saved.get(k, defaults.get(k)) != v]
+    get = lambda config, k: config.get(k, defaults.get(k, "(no such setting)"))
+    return [f"{k} {get(saved, k)} -> {get(want, k)}" for k in dict.fromkeys([*want, *saved])
+            if k not in ignore and get(saved, k) != get(want, k)]
 
 
 def git_commit(folder=None):
@@ -470,18 +607,100 @@ def git_commit(folder=None):
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+NOT_A_SCRIPT = ("runs.py", "data.py", "metrics.py", "compare.py")   # never the script of a run
+
+
+def provenance(cfg, script=None):
+    """What made a run, saved in its checkpoint and metrics.json: the script (e.g. "vae.py"; by
+    default the outermost project file on the call stack that is not NOT_A_SCRIPT or a test), a
+    sha256 of the code it runs (code_files: it and the project modules it imports, never docs),
+    whether those files are as committed (clean; None without git), the commit, and the md5 of
+    the data archive (None for an unpacked folder). compare.py --reuse compares these with today's
+    (docs/protocol.md, 'What --reuse compares')."""
+    script = script or cfg.get("script") or _calling_script()
+    files = code_files(script)
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *files],
+                               capture_output=True, text=True, timeout=30, cwd=HERE)
+        clean = (not dirty.stdout.strip()) if dirty.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):   # no git on PATH, or it hung
+        clean = None
+    return dict(commit=git_commit(), clean=clean, code_sha256=code_sha256(files), code_files=files,
+                data_md5=data_md5(cfg.get("data_dir", "data")), script=script)
+
+
+def _calling_script():
+    frames, f = [], sys._getframe(1)
+    while f is not None:
+        frames.append(f.f_code.co_filename)
+        f = f.f_back
+    mine = [os.path.basename(p) for p in reversed(frames) if os.path.dirname(os.path.abspath(p)) == HERE]
+    ours = [p for p in mine if p not in NOT_A_SCRIPT and not p.startswith("test")]
+    return ours[0] if ours else os.path.basename(getattr(sys.modules["__main__"], "__file__", "?"))
+
+
+def code_files(script):
+    """script and every project module it imports, directly or not (import statements read with
+    ast, also those inside functions), sorted: the files whose bytes decide what a run computes."""
+    todo, seen = [script], set()
+    while todo:
+        name = todo.pop()
+        path = os.path.join(HERE, name)
+        if name in seen or not os.path.isfile(path):
+            continue
+        seen.add(name)
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo += [a.name.split(".")[0] + ".py" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                todo.append(node.module.split(".")[0] + ".py")
+    return sorted(seen)
+
+
+def code_sha256(files):
+    """sha256 over each file's name and bytes: equal only for the very same code."""
+    h = hashlib.sha256()
+    for name in files:
+        with open(os.path.join(HERE, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read() + b"\0")
+    return h.hexdigest()
+
+
+def data_md5(data_dir):
+    """md5 of the CIFAR-10 archive in data_dir; None for an unpacked folder or no data."""
+    found = data.find_archive(data_dir)
+    return data.archive_md5_note(found[1])[0] if found and os.path.isfile(found[1]) else None
+
+
 # ==== --export: a finished run's images, for other tools ======================================
+EXPORT_MAX = 50_000   # images per --export: the literature's largest N (FID-50k); 150 MB of uint8
+
+
 def check_export_count(text, recon):
-    """--export's N as an int: >= 1; for reconstructions a multiple of 10 up to 10,000 (they are of
-    the reference draw of N test images, N/10 per class, as compare.py scores them)."""
+    """--export's N as an int: 1 to EXPORT_MAX; for reconstructions a multiple of 10 up to 10,000
+    (they are of the reference draw of N test images, N/10 per class, as compare.py scores them)."""
     try:
         n = int(text)
     except ValueError:
         raise ValueError(f"--export N PATH: N must be a whole number, got {text!r}") from None
-    if n < 1 or (recon and (n > 10_000 or n % 10)):
-        raise ValueError(f"--export N must be >= 1 (with --export-recon a multiple of 10 up to "
-                         f"10000), got {n}")
+    top = 10_000 if recon else EXPORT_MAX
+    if not 1 <= n <= top or (recon and n % 10):
+        raise ValueError(f"--export N must be >= 1 and at most {top:,}" + (", a multiple of 10, "
+                         "with --export-recon" if recon else "") + f" (the limit), got {n}")
     return n
+
+
+def check_export_path(path):
+    """A PNG folder that already holds .png files is refused, never mixed into: two exports into
+    one folder would leave two sets that `metrics.py score` reads as one."""
+    if path.endswith("/") and os.path.isdir(path):
+        old = [f for f in os.listdir(path) if f.lower().endswith(".png")]
+        if old:
+            raise ValueError(f"--export: {path} already holds {len(old)} .png files; name an empty "
+                             "or new folder (or delete them), so that no two sets mix")
 
 
 def export_images(images, path):
@@ -497,19 +716,49 @@ def export_images(images, path):
         data.atomic_write_bytes(path, buf.getvalue())
 
 
-def export(cfg, script, image_sets):
+def export(cfg, script, image_sets, ckpt=None):
     """--export N PATH: the images of the run in cfg["out"], written by export_images.
     image_sets: {"samples": fn(ckpt, n), "reconstructions": fn(ckpt, n)} of the model file; a
     checkpoint that records another script is refused (older ones record none)."""
     path = os.path.join(cfg["out"], "checkpoint.pt")
-    ckpt = load_checkpoint(path, "train the run first (same --out), then --export")
+    check_export_path(cfg["export"][1])
+    if ckpt is not None:    # --weights FILE: the shipped model's images (runs.other_mode)
+        path = cfg["weights"]
+    ckpt = ckpt or check_checkpoint(load_checkpoint(path, "train the run first (same --out), then --export"), path)
     if ckpt.get("script", script) != script:
         raise ValueError(f"--export: {path} was made by {ckpt['script']}, not {script}; run that script")
     what = "reconstructions" if cfg["export_recon"] else "samples"
     if what not in image_sets:
         raise ValueError(f"--export-recon: {script} has no encoder, so no reconstructions")
     n, out = cfg["export"]
-    images = image_sets[what](ckpt, n)
+    with checkpoint_errors(path):
+        images = image_sets[what](ckpt, n)
     export_images(images, out)
     print(f"wrote {n} {what} of {path} (epoch {ckpt['epoch']}) to {out}")
     return images
+
+
+# ==== Checkpoints of the wrong shape: one line, never a KeyError ===============================
+def check_checkpoint(ckpt, path):
+    """A checkpoint weights_only read back is any dict, list or tensor a file held: -> ckpt when
+    it is a dict with a config dict and a whole-number epoch, else one line naming the file."""
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict)
+            and isinstance(ckpt.get("epoch"), int)):
+        got = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a checkpoint of this project (no config dict and epoch; it "
+                         f"holds {got}); train the run again (delete the file)")
+    return ckpt
+
+
+@contextlib.contextmanager
+def checkpoint_errors(path):
+    """Around code that reads a checkpoint's weights: a missing key or a weight of another shape
+    (a hand-made or foreign file) becomes one line naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "state_dict" not in str(e):
+            raise                                    # out of memory and the like: not the file's fault
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: not a checkpoint of this model ({type(e).__name__}: {first}); "
+                         "train the run again (delete the file)") from None

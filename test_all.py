@@ -38,6 +38,7 @@ import torch.nn.functional as F
 import compare
 import data
 import dcgan
+import dcgan_remedies as rd
 import metrics
 import runs
 import vae
@@ -592,7 +593,7 @@ class TestMixedPrecision(OneThread):
         x = torch.rand(4, 3, 32, 32) * 2 - 1
         eps = torch.randn(4, model.latent_dim)
         seen = self.conv_dtypes(model)
-        out = vae.train_step(model, opt, x, eps, 1.0, runs.autocast({"precision": "bf16"}, torch.device("cpu")))
+        out = vae.train_step(runs.mixed_precision(model, {"precision": "bf16"}), opt, x, eps, 1.0)
         self.assertEqual(seen, {torch.bfloat16})
         self.assertEqual(out.dtype, torch.float32)                           # losses in float32
         self.assertTrue(torch.isfinite(out).all())
@@ -600,13 +601,13 @@ class TestMixedPrecision(OneThread):
 
     def test_dcgan_wgan_step_convolves_in_bf16_and_keeps_float32_state(self):
         cfg = _dcgan_cfg(loss="wgan-gp", width=0.25, lr_g=1e-4, lr_d=1e-4)
-        G, D = dcgan.build_models(cfg)
-        opt_g, opt_d = dcgan.optimisers(G, D, cfg)
+        G, D = rd.build_models(cfg)
+        opt_g, opt_d = rd.optimisers(G, D, cfg)
         seen_g, seen_d = self.conv_dtypes(G), self.conv_dtypes(D)
-        amp = runs.autocast({"precision": "bf16"}, torch.device("cpu"))
+        bf16 = lambda net: runs.mixed_precision(net, {"precision": "bf16"})
         x, z = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, dcgan.Z_DIM)
-        step = dcgan.select_step(cfg, torch.Generator().manual_seed(0), 0, "cpu")   # WGAN-GP's
-        out = step(G, D, opt_g, opt_d, x, z, amp)
+        step = rd.select_step(cfg, torch.Generator().manual_seed(0), 0, "cpu")   # WGAN-GP's
+        out = step(bf16(G), bf16(D), opt_g, opt_d, x, z)
         self.assertEqual((seen_g, seen_d), ({torch.bfloat16}, {torch.bfloat16}))
         self.assertEqual(out.dtype, torch.float32)
         self.assertTrue(torch.isfinite(out).all())
@@ -692,7 +693,7 @@ class TestVAEModel(OneThread):
         m = vae.VAE()
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
         x = torch.rand(8, 3, 32, 32) * 2 - 1
-        stats = vae.train_epoch(m, opt, [(x, None)] * 30, [1.0] * 30, torch.Generator().manual_seed(0))
+        stats = vae.train_epoch(m, opt, [(x, None)] * 30, [1.0] * 30, torch.Generator().manual_seed(0), {})
         self.assertLess(stats[-5:, 0].mean().item(), 0.5 * stats[0, 0].item())
 
 
@@ -927,9 +928,7 @@ def _dcgan_run(argv):
 class TestDcganModel(OneThread):
     def test_shapes_and_parameter_counts(self):
         G, D = dcgan.build_models(_dcgan_cfg())
-        fixed, div = dcgan.draw_noise(42)
-        self.assertEqual(tuple(fixed.shape), (dcgan.N_FIXED, 100))
-        self.assertEqual(tuple(div.shape), (dcgan.N_DIVERSITY, 100))
+        fixed = torch.randn(dcgan.N_FIXED, dcgan.Z_DIM, generator=torch.Generator().manual_seed(42))
         x = G(fixed[:4])
         self.assertEqual(tuple(x.shape), (4, 3, 32, 32))
         self.assertLessEqual(x.abs().max().item(), 1.0)          # Tanh output, the data's range
@@ -938,7 +937,7 @@ class TestDcganModel(OneThread):
         # The study's layer lists give these (the slides claim 1.24M / 2.76M).
         self.assertEqual(runs.count_params(G), 601_731)
         self.assertEqual(runs.count_params(D), 663_361)
-        G2, D2 = dcgan.build_models(_dcgan_cfg(width=0.5, minibatch_disc=True, spectral_norm=True))
+        G2, D2 = rd.build_models(_dcgan_cfg(width=0.5, minibatch_disc=True, spectral_norm=True))
         self.assertEqual(tuple(G2(fixed[:2]).shape), (2, 3, 32, 32))
         self.assertEqual(D2.features(G2(fixed[:2])).shape[1], 16 * (32 + 64 + 128))
 
@@ -962,10 +961,9 @@ class TestDcganModel(OneThread):
         a, b = dcgan.build_models(_dcgan_cfg()), dcgan.build_models(_dcgan_cfg())
         for k, v in a[1].state_dict().items():
             self.assertTrue(torch.equal(v, b[1].state_dict()[k]), k)
-        self.assertTrue(all(torch.equal(x, y) for x, y in zip(dcgan.draw_noise(42), dcgan.draw_noise(42))))
 
     def test_spectral_norm_bounds_top_singular_value(self):
-        _, D = dcgan.build_models(_dcgan_cfg(spectral_norm=True))
+        _, D = rd.build_models(_dcgan_cfg(spectral_norm=True))
         self.assertIsInstance(D.bn2, torch.nn.Identity)  # BN dropped with SN (see Discriminator)
         with torch.no_grad():  # make the raw weights far from norm 1
             D.conv2.parametrizations.weight.original.mul_(10.0)
@@ -984,7 +982,7 @@ class TestDcganModel(OneThread):
 
     def test_minibatch_discrimination_matches_loop_and_sees_the_batch(self):
         torch.manual_seed(0)
-        layer = dcgan.MinibatchDiscrimination(6, kernels=4, kernel_dim=3).double()
+        layer = rd.MinibatchDiscrimination(6, kernels=4, kernel_dim=3).double()
         with torch.no_grad():
             layer.T.normal_(0.0, 0.3)  # larger than the 0.02 init so that exp(-L1) is far from 0
         f = torch.randn(5, 6, dtype=torch.float64)
@@ -1009,9 +1007,9 @@ class TestDcganModel(OneThread):
             out = ["--out", tmp]
             cfg = dcgan.parse_args(out)
             self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (2e-4, 2e-4))
-            cfg = dcgan.parse_args(out + ["--ttur"])
+            cfg = rd.parse_args(out + ["--ttur"])
             self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (4e-4, 1e-4))
-            cfg = dcgan.parse_args(out + ["--ttur", "--lr-g", "5e-5"])
+            cfg = rd.parse_args(out + ["--ttur", "--lr-g", "5e-5"])
         self.assertEqual((cfg["lr_d"], cfg["lr_g"]), (4e-4, 5e-5))
         self.assertEqual((cfg["epochs"], cfg["subset"], cfg["batch_size"], cfg["seed"]), (40, 10000, 128, 42))
 
@@ -1026,14 +1024,20 @@ class TestDcganModel(OneThread):
     def test_help_lists_own_flags_then_shared_with_examples_and_outputs(self):
         out = io.StringIO()
         with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
-            dcgan.parse_args(["--help"])
+            rd.parse_args(["--help"])
         text = out.getvalue()
         groups = [text.index(g) for g in ("the DCGAN:", "remedies, off by", "run settings,")]
         self.assertEqual(groups, sorted(groups))
         self.assertLess(text.index("--lr-d"), text.index("--loss"))
         self.assertLess(text.index("--ema"), text.index("--epochs"))
-        for line in dcgan.EXAMPLES + dcgan.OUTPUTS:
+        for line in rd.EXAMPLES + dcgan.OUTPUTS:
             self.assertIn(line, text)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            dcgan.parse_args(["--help"])
+        self.assertNotIn("--loss", out.getvalue())                   # the plain DCGAN: no remedy
+        for line in dcgan.EXAMPLES + dcgan.OUTPUTS:
+            self.assertIn(line, out.getvalue())
         self.assertIn("--epochs 5 --width 0.5 --no-probe", dcgan.__doc__)  # quick look
         self.assertTrue(all(len(line) <= 100 for line in dcgan.__doc__.splitlines()))
 
@@ -1043,10 +1047,10 @@ class TestDcganRemedies(OneThread):
 
     def test_gradient_penalty_norm_is_per_sample_over_the_whole_gradient(self):
         torch.manual_seed(0)
-        D = dcgan.Discriminator(width=0.25, batchnorm=False)
+        D = rd.Discriminator(width=0.25, batchnorm=False)
         real, fake = torch.randn(5, 3, 32, 32), torch.randn(5, 3, 32, 32)
         alpha = torch.rand(5, 1, 1, 1)
-        gp = dcgan.gradient_penalty(D, real, fake, alpha)
+        gp = rd.gradient_penalty(D, real, fake, alpha)
         want = []
         for i in range(5):                      # one sample at a time: its own gradient, its norm
             xh = (alpha[i] * real[i:i + 1] + (1 - alpha[i]) * fake[i:i + 1]).requires_grad_(True)
@@ -1062,28 +1066,28 @@ class TestDcganRemedies(OneThread):
         self.assertGreater(float(D.conv1.weight.grad.abs().sum()), 0.0)
 
     def test_wgan_critic_has_no_batchnorm_and_losses_are_the_formula(self):
-        D = dcgan.build_models(dict(seed=0, width=0.25, spectral_norm=False, minibatch_disc=False,
+        D = rd.build_models(dict(seed=0, width=0.25, spectral_norm=False, minibatch_disc=False,
                                     loss="wgan-gp"))[1]
         self.assertFalse(any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules()))
         torch.manual_seed(1)
-        G, D = dcgan.build_models(dict(seed=0, width=0.25, spectral_norm=False, minibatch_disc=False,
+        G, D = rd.build_models(dict(seed=0, width=0.25, spectral_norm=False, minibatch_disc=False,
                                        loss="wgan-gp", betas=[0.5, 0.9]))
-        opt_g, opt_d = dcgan.optimisers(G, D, dict(lr_g=1e-4, lr_d=1e-4, loss="wgan-gp", betas=[0.5, 0.9]))
+        opt_g, opt_d = rd.optimisers(G, D, dict(lr_g=1e-4, lr_d=1e-4, loss="wgan-gp", betas=[0.5, 0.9]))
         self.assertEqual(opt_d.param_groups[0]["betas"], (0.5, 0.9))
         x, z, alpha = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, dcgan.Z_DIM), torch.rand(4, 1, 1, 1)
         D0 = copy.deepcopy(D)
         with torch.no_grad():
             fake = G(z)
         s_real, s_fake = D0(x), D0(fake)
-        want_d = s_fake.mean() - s_real.mean() + 10.0 * dcgan.gradient_penalty(D0, x, fake, alpha)
-        out = dcgan.game_step(G, D, opt_g, opt_d, x, z, dcgan.LOSSES["wgan-gp"], dcgan.as_is, alpha,
-                              10.0, False, contextlib.nullcontext)
+        want_d = s_fake.mean() - s_real.mean() + 10.0 * rd.gradient_penalty(D0, x, fake, alpha)
+        out = rd.game_step(G, D, opt_g, opt_d, x, z, rd.LOSSES["wgan-gp"], rd.as_is, alpha,
+                              10.0, False)
         self.assertAlmostEqual(float(out[0]), float(want_d.detach()), places=5)
         self.assertAlmostEqual(float(out[1]), float(-s_fake.mean()), places=5)   # G's loss before the update
         self.assertAlmostEqual(float(out[2]), float(s_real.mean()), places=5)    # raw scores, no sigmoid
 
     def test_hinge_loss_against_a_per_sample_reference(self):
-        hinge = dcgan.LOSSES["hinge"]
+        hinge = rd.LOSSES["hinge"]
         real = torch.tensor([2.0, 1.0, 0.3, -0.5, -3.0], dtype=torch.float64)
         fake = torch.tensor([-2.0, -1.0, -0.2, 0.7, 4.0, 0.0], dtype=torch.float64)
         want_d = (sum(max(0.0, 1 - float(s)) for s in real) / len(real)          # Lim & Ye 2017
@@ -1101,17 +1105,17 @@ class TestDcganRemedies(OneThread):
 
     def test_every_loss_builds_its_d_by_its_own_entry(self):
         # BN leaves D for a per-sample penalty or spectral norm, never because of a loss's name
-        for name, loss in dcgan.LOSSES.items():
+        for name, loss in rd.LOSSES.items():
             for sn in (False, True):
-                D = dcgan.build_models(_dcgan_cfg(width=0.25, loss=name, spectral_norm=sn))[1]
+                D = rd.build_models(_dcgan_cfg(width=0.25, loss=name, spectral_norm=sn))[1]
                 has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
                 self.assertEqual(has_bn, not (loss.penalty or sn), (name, sn))
         with tempfile.TemporaryDirectory() as tmp:
-            for name, loss in dcgan.LOSSES.items():
-                cfg = dcgan.parse_args(["--out", tmp, "--loss", name])
+            for name, loss in rd.LOSSES.items():
+                cfg = rd.parse_args(["--out", tmp, "--loss", name])
                 self.assertEqual((cfg["lr_d"], cfg["lr_g"], cfg["betas"], cfg["n_critic"]),
                                  (loss.lr, loss.lr, list(loss.betas), loss.n_critic), name)
-            hinge = dcgan.parse_args(["--out", tmp, "--loss", "hinge"])
+            hinge = rd.parse_args(["--out", tmp, "--loss", "hinge"])
         self.assertEqual((hinge["betas"], hinge["lr_d"], hinge["n_critic"]), ([0.5, 0.999], 2e-4, 1))
 
     def test_the_remedies_step_is_train_step_for_the_plain_game(self):
@@ -1119,13 +1123,13 @@ class TestDcganRemedies(OneThread):
         x, z = torch.rand(6, 3, 32, 32) * 2 - 1, torch.randn(6, dcgan.Z_DIM)
         results = []
         for step in ("train_step", "game_step"):
-            G, D = dcgan.build_models(_dcgan_cfg(width=0.25))
+            G, D = rd.build_models(_dcgan_cfg(width=0.25))
             opt_g, opt_d = dcgan.optimisers(G, D, dict(lr_g=2e-4, lr_d=2e-4))
             if step == "train_step":
                 out = dcgan.train_step(G, D, opt_g, opt_d, x, z)
             else:
-                out = dcgan.game_step(G, D, opt_g, opt_d, x, z, dcgan.LOSSES["bce"], dcgan.as_is,
-                                      None, 10.0, True, contextlib.nullcontext)
+                out = rd.game_step(G, D, opt_g, opt_d, x, z, rd.LOSSES["bce"], rd.as_is,
+                                      None, 10.0, True)
             results.append((out, G.state_dict(), D.state_dict()))
         (a, ga, da), (b, gb, db) = results
         self.assertTrue(torch.equal(a, b))
@@ -1135,20 +1139,20 @@ class TestDcganRemedies(OneThread):
             self.assertTrue(torch.equal(da[k], db[k]), k)
         # and the plain game is what select_step picks; a remedy is not
         noise = torch.Generator().manual_seed(0)
-        plain = dcgan.select_step(dict(_dcgan_cfg(), n_critic=1), noise, 0, "cpu")
+        plain = rd.select_step(dict(_dcgan_cfg(), n_critic=1), noise, 0, "cpu")
         self.assertIs(plain, dcgan.train_step)
         for extra in (dict(loss="hinge"), dict(n_critic=2), dict(diffaugment=["cutout"])):
-            step = dcgan.select_step(dict(_dcgan_cfg(), **extra), noise, 0, "cpu")
+            step = rd.select_step(dict(_dcgan_cfg(), **extra), noise, 0, "cpu")
             self.assertIsNot(step, dcgan.train_step, extra)
 
     def test_ema_follows_g_steps_only_and_alpha_follows_z(self):
         cfg = _dcgan_cfg(width=0.25, loss="wgan-gp", n_critic=2, gp_weight=10.0)
-        G, D = dcgan.build_models(cfg)
-        opt_g, opt_d = dcgan.optimisers(G, D, dict(cfg, lr_g=1e-4, lr_d=1e-4))
+        G, D = rd.build_models(cfg)
+        opt_g, opt_d = rd.optimisers(G, D, dict(cfg, lr_g=1e-4, lr_d=1e-4))
         G_ema = copy.deepcopy(G)
-        dcgan.add_ema(G_ema, G, opt_g, 0.5)
+        rd.add_ema(G_ema, G, opt_g, 0.5)
         noise = torch.Generator().manual_seed(3)
-        step = dcgan.select_step(cfg, noise, 0, "cpu")
+        step = rd.select_step(cfg, noise, 0, "cpu")
         x = torch.rand(4, 3, 32, 32) * 2 - 1
         snapshot = lambda m: [p.clone() for p in m.parameters()]
         before, g_before = snapshot(G_ema), snapshot(G)
@@ -1165,8 +1169,8 @@ class TestDcganRemedies(OneThread):
 
     def test_diffaugment_shape_range_seed_and_gradient(self):
         x = torch.rand(6, 3, 32, 32) * 2 - 1
-        aug = lambda pol, seed, t=x: dcgan.diff_augment(t, pol, torch.Generator().manual_seed(seed))
-        for pol in (["color"], ["translation"], ["cutout"], list(dcgan.AUGMENTS)):
+        aug = lambda pol, seed, t=x: rd.diff_augment(t, pol, torch.Generator().manual_seed(seed))
+        for pol in (["color"], ["translation"], ["cutout"], list(rd.AUGMENTS)):
             y = aug(pol, 1)
             self.assertEqual(y.shape, x.shape)
             self.assertTrue(torch.equal(y, aug(pol, 1)))                # same seed, same transform
@@ -1193,7 +1197,7 @@ class TestDcganRemedies(OneThread):
         self.assertTrue(torch.equal(y, ref))
         # gradients flow through to G
         G = dcgan.Generator(width=0.25)
-        dcgan.diff_augment(G(torch.randn(4, dcgan.Z_DIM)), list(dcgan.AUGMENTS),
+        rd.diff_augment(G(torch.randn(4, dcgan.Z_DIM)), list(rd.AUGMENTS),
                            torch.Generator().manual_seed(0)).sum().backward()
         self.assertGreater(float(G.fc.weight.grad.abs().sum()), 0.0)
 
@@ -1206,7 +1210,7 @@ class TestDcganRemedies(OneThread):
             for p in G.parameters():
                 p.add_(torch.randn_like(p))
         before = {k: v.clone() for k, v in ema.state_dict().items()}
-        dcgan.ema_update(ema, G, 0.9)
+        rd.ema_update(ema, G, 0.9)
         for k, v in ema.state_dict().items():
             g = G.state_dict()[k]
             want = g if not v.dtype.is_floating_point else 0.9 * before[k] + 0.1 * g

@@ -1,53 +1,26 @@
-"""Convolutional VAE on CIFAR-10: trains the study's model, evaluates it, and measures with linear
-probes what its latent code learned -- next to the baselines that give that number a meaning.
+"""Convolutional VAE on CIFAR-10: trains the study's model, shows what it learned in pictures, and
+measures its test loss and, with linear probes, what its latent code learned.
 
 Run:
-    python vae.py                            # study settings: 20 epochs, 10k subset, seed 42
     python vae.py --epochs 5 --no-probe --out runs/vae_quick    # a quick look
-    python vae.py --beta-schedule cyclical --cycles 4 --out runs/vae_cyclical
+    python vae.py                            # the study: 20 epochs, 10k subset, seed 42
     python vae.py --resume                   # continue runs/vae/checkpoint.pt exactly
-    python vae.py --bench --subset 2000      # this loop vs the DataLoader tutorial loop
+    python vae.py --weights weights/vae.pt --out runs/vae_shipped   # the shipped model's pictures
+The README explains the model and says what the pictures show and how long each run takes.
 
-The quick look took 24 s on this project's 2-core CPU when idle; on cores other jobs share, add
---threads 1 (1m24s at load average 6, where the default 2 threads took 5 minutes).
-In runs/vae_quick, reconstructions.png shows each test image (rows "test") above a blurry copy
-(rows "recon"): its colours, the object a soft blob in the right place, no edges or texture (a
-squared error rewards the mean of what z cannot pin down). interpolations.png fades smoothly from
-test image A (first column) to B (last), every column a plausible blur; samples.png shows soft
-blobs of sky, earth and dark shapes, but no object one could name.
-
-Papers: Kingma & Welling 2014, "Auto-Encoding Variational Bayes" (the ELBO, the reparameterisation
-trick, the closed-form Gaussian KL of their appendix B); future work the study names: Higgins et
-al. 2017 (a weight beta on the KL), Fu et al. 2019, "Cyclical Annealing Schedule".
-
-Model, the study's layer list (4x4 kernels, stride 2, padding 1; shapes in class VAE):
-    encoder: x (3x32x32) -> Conv 32 -> Conv 64 -> Conv 128 (each + BN + ReLU) -> flatten 2048
-             -> Linear -> mu (64), Linear -> log sigma^2 (64)
-    sample:  z = mu + sigma * eps, eps ~ N(0, I)          (the reparameterisation trick)
-    decoder: z -> Linear -> 4x4x128 -> ConvT 64 -> ConvT 32 (each + BN + ReLU) -> ConvT 3 + Tanh
-
-Loss (vae_loss), and the unit of every figure this file prints: per image, averaged over the batch,
-    L = MSE + KL, MSE summed over the 3072 values in [-1, 1], KL(q(z|x) || N(0, I)) summed over
-    the 64 latent dimensions. "ELBO" here means MSE + KL (lower is better, the study's unit): the
-    negative ELBO in nats of a Gaussian decoder N(x_hat, I/2), less 1536 ln(pi).
-Future work, after the plain model under its own banner: a weight beta on the KL (--beta) and
-KL-weight schedules (--beta-schedule linear | cyclical).
-
-Outputs in --out (default runs/vae): checkpoint.pt (atomic, every epoch), history.json,
-metrics.json, latents.npz, reconstructions.png, interpolations.png, samples.png, curves.png; with
---bench only bench.json. Same seed, device and thread count -> the same numbers; --resume of a
-killed run gives the very weights of an uninterrupted one. Measured results: README.md, "Results".
-
+Papers: Kingma & Welling 2014 (the ELBO, the reparameterisation trick, the Gaussian KL of their
+appendix B); the study's future work: Higgins et al. 2017 (a weight beta on the KL), Fu et al. 2019
+(cyclical KL annealing). Every loss figure is in vae_loss's unit: the negative ELBO per image.
+Outputs: OUTPUTS below, in --out (default runs/vae). Same seed, device and thread count: the same
+numbers; --resume of a killed run gives the weights of an uninterrupted one.
 Left out on purpose: the study's perceptual (VGG) loss (needs a pretrained network), a learned
-decoder variance, importance-weighted ELBO bounds, and float16 with loss scaling (--precision
-bf16 needs none: bfloat16 has float32's range).
+decoder variance, importance-weighted bounds.
 """
-import contextlib
-import functools
 import io
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -58,33 +31,32 @@ import data
 import metrics
 import runs
 
-# ==== Settings ================================================================================
-# Flags use the same names in kebab-case; the resolved config is printed and saved with every
-# result. The KL weight's settings (future work) are in their own section below.
+# ==== Settings: flags use these names in kebab-case; the resolved config is saved with results ==
 EPOCHS = 20              # passes over the subset (the study: 20)
 SUBSET = 10_000          # training images, class-stratified: 1,000 per class (the study's subset)
 BATCH_SIZE = 128         # images per Adam step; the last, smaller batch of an epoch is kept
 SEED = 42                # one seed drives init, data order and noise
 OUT = "runs/vae"         # folder for every output
 LR = 1e-3                # Adam learning rate (the study; betas stay at PyTorch's (0.9, 0.999))
-LATENT_DIM = 64          # size of z (the study); a config may set another ("latent_dim")
+LATENT_DIM = 64          # size of z (the study); --latent-dim 2 also draws the plane (plane.png)
+BETA = 1.0               # weight of the KL: 1 gives the negative ELBO (see beta_at)
+BETA_SCHEDULE = "constant"  # constant | linear | cyclical (the study's future work, see beta_at)
+CYCLES = 4               # cyclical: number of 0 -> beta ramps over the run (the study's slide: 4)
+RAMP_FRACTION = 0.5      # linear/cyclical: share of each cycle spent rising (Fu et al.: R = 0.5)
 EVAL_BATCH = 500         # images per forward pass at evaluation (no gradients, so larger is fine)
-EPOCH_TEST = 2_000       # test images in each epoch's line: the first 2,000 (~200 per class); all
-                         # 10,000 cost a third of a training epoch, so they are used once, last
-N_SHOW = 16              # test images shown in reconstructions.png (2 rows of 8 over their recons)
-N_INTERP_PAIRS = 8       # rows in interpolations.png ...
-N_INTERP_STEPS = 8       # ... each: image A, 8 decoded points from mu_A to mu_B, image B
-N_SAMPLES = 64           # decoded z ~ N(0, I) in samples.png (8 x 8)
+EPOCH_TEST = 2_000       # test images in each epoch's line (~200 per class; all 10,000 at the end)
+N_SHOW, N_SAMPLES = 16, 64  # reconstructions.png: 16 test images; samples.png: 64 decoded z
+N_INTERP_PAIRS, N_INTERP_STEPS = 8, 8  # interpolations.png: 8 rows of A, 8 points, B
+PROGRESS_ROWS, PLANE = 10, 15  # epochs shown in progress.png; plane.png (2-d z): 15 x 15 points
 # Settings that define the experiment: --resume refuses a checkpoint made with different ones.
 RESUME_KEYS = ("subset", "batch_size", "lr", "seed", "width", "beta", "beta_schedule", "cycles",
-               "precision")
-DEFAULTS = dict(precision="fp32")   # what a config saved before a setting existed meant by it
+               "precision", "latent_dim")
 
 
 # ==== Model ===================================================================================
 def down(c_in, c_out):
     """Conv 4x4, stride 2, padding 1 (halves H and W) + BN + ReLU. No conv bias: BN subtracts the
-    batch mean, which cancels any bias exactly, so it would be wasted parameters."""
+    batch mean, which cancels any bias exactly."""
     return [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
             nn.ReLU()]
 
@@ -144,13 +116,10 @@ class VAE(nn.Module):
 
 
 def build_model(cfg, device="cpu"):
-    """The model at its initialisation for cfg's seed, on device: called again after training, it
-    gives the very same untrained network for the random-init probe baselines."""
+    """The model at its init for cfg's seed, on device: after training, the very same untrained
+    network again, for the random-init probe baselines."""
     torch.manual_seed(cfg["seed"])
-    model = VAE(cfg.get("latent_dim", LATENT_DIM), cfg["width"])
-    if cfg.get("channels_last"):  # NHWC conv weights: every conv then runs (and outputs) NHWC
-        model = model.to(memory_format=torch.channels_last)
-    return model.to(device)
+    return runs.to_device(VAE(cfg.get("latent_dim", LATENT_DIM), cfg["width"]), cfg, device)
 
 
 # ==== Loss ====================================================================================
@@ -159,7 +128,7 @@ def vae_loss(x_hat, x, mu, logvar, beta=1.0):
 
         ELBO(x) = 1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2) + log p(x | z)
 
-    with z = mu + sigma * eps. We minimise the negative (beta = 1; other betas: future work):
+    with z = mu + sigma * eps. We minimise its negative (beta = 1):
 
         L   = MSE + beta * KL
         MSE = sum over the 3072 values (3 x 32 x 32) of (x_hat - x)^2                  per image
@@ -174,15 +143,27 @@ def vae_loss(x_hat, x, mu, logvar, beta=1.0):
     return mse + beta * kl, mse, kl
 
 
+def beta_at(step, total_steps, beta_max=BETA, schedule=BETA_SCHEDULE, cycles=CYCLES):
+    """The KL weight at step `step` (0-based) of `total_steps`: 1 at every step for the plain VAE.
+    The study's future work: a weight beta (Higgins et al. 2017, --beta: above 1 presses q(z|x)
+    to N(0, I), below 1 lets z carry more of the image), and KL annealing, which starts beta at 0
+    so the decoder learns to use z before the KL pulls the code onto the prior. cyclical (Fu et
+    al. 2019, eq. 6; the study's slide): `cycles` cycles of T / M steps, beta rising linearly from
+    0 to beta_max over the first RAMP_FRACTION of each, then holding; linear: one such cycle."""
+    if schedule == "constant":
+        return float(beta_max)
+    period = total_steps / (1 if schedule == "linear" else cycles)
+    tau = (step % math.ceil(period)) / period
+    return float(beta_max) * min(1.0, tau / RAMP_FRACTION)
+
+
 # ==== One training step =======================================================================
-def train_step(model, optimizer, x, eps, beta=1.0, amp=contextlib.nullcontext):
+def train_step(model, optimizer, x, eps, beta=1.0):
     """One Adam step on the batch x (B, 3, 32, 32) with the noise eps (B, latent_dim) and KL weight
-    beta (1: the plain ELBO). amp: runs.autocast's context (--precision bf16) around the forward
-    pass; the loss is taken on float32 outputs and the backward pass runs outside it. Returns the
-    detached (loss, mse, kl) as one (3,) tensor: no .item(), so no device sync."""
-    with amp():
-        x_hat, mu, logvar = model(x, eps)          # z = mu + sigma * eps inside
-    loss, mse, kl = vae_loss(x_hat.float(), x, mu.float(), logvar.float(), beta=beta)
+    beta (1: the negative ELBO). Returns the detached (loss, mse, kl) as one (3,) tensor: no
+    .item(), so no device sync."""
+    x_hat, mu, logvar = model(x, eps)              # z = mu + sigma * eps inside
+    loss, mse, kl = vae_loss(x_hat, x, mu, logvar, beta=beta)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -190,158 +171,96 @@ def train_step(model, optimizer, x, eps, beta=1.0, amp=contextlib.nullcontext):
 
 
 # ==== The training loop =======================================================================
-def train_epoch(model, optimizer, batches, betas, noise, amp=contextlib.nullcontext):
+def train_epoch(model, optimizer, batches, betas, noise, cfg):
     """train_step over `batches` (any iterable of (x, y), x float (B, 3, 32, 32) on the model's
     device); betas[i] is the KL weight of step i, noise the CPU generator for eps. Returns a
     (steps, 4) CPU tensor of loss, mse, kl and batch size per step, moved off the device once."""
     model.train()
-    device = next(model.parameters()).device
-    stats, sizes = [], []
+    net, stats, sizes = runs.mixed_precision(model, cfg), [], []   # bf16: autocast inside net
     for i, (x, _) in enumerate(batches):
         # eps drawn on the CPU from the epoch's generator: the same numbers on every device
-        eps = torch.randn(x.shape[0], model.latent_dim, generator=noise).to(device)   # (B, 64)
-        stats.append(train_step(model, optimizer, x, eps, betas[i], amp))
-        sizes.append(x.shape[0])
-    sizes = torch.tensor(sizes, dtype=torch.float32)[:, None]
-    return torch.cat([torch.stack(stats).cpu(), sizes], dim=1)
-
-
-def epoch_record(model, stats, betas, test_x, cfg, device, epoch, seconds):
-    """One epoch's entry of history.json: the running means of its training steps (train mode,
-    sampled z, weights moving; batch means weighted by batch size, as the last batch is smaller)
-    and the test figures on the first EPOCH_TEST test images (beta = 1, eval mode)."""
-    t0 = time.perf_counter()
-    w = stats[:, 3] / stats[:, 3].sum()
-    mse, kl = float((stats[:, 1] * w).sum()), float((stats[:, 2] * w).sum())
-    te = evaluate(model, test_x[:EPOCH_TEST], device, cfg["seed"])
-    if not math.isfinite(te["elbo"]):
-        raise runs.NonFiniteLoss(f"test ELBO is {te['elbo']} after epoch {epoch + 1}: the last "
-                                 "update made the weights non-finite; stopped, last good "
-                                 f"checkpoint kept at {os.path.join(cfg['out'], 'checkpoint.pt')}")
-    return dict(epoch=epoch + 1, seconds=round(seconds, 3), beta=sum(betas) / len(betas),
-                train_elbo=mse + kl, train_recon=mse, train_kl=kl,
-                test_elbo=te["elbo"], test_recon=te["recon"], test_kl=te["kl"],
-                test_images=min(EPOCH_TEST, len(test_x)),
-                eval_seconds=round(time.perf_counter() - t0, 3))
+        eps = torch.randn(x.shape[0], model.latent_dim, generator=noise).to(x.device)   # (B, 64)
+        stats.append(train_step(net, optimizer, x, eps, betas[i]))
+        sizes.append([float(x.shape[0])])
+    return torch.cat([torch.stack(stats).cpu(), torch.tensor(sizes)], dim=1)
 
 
 def train(cfg, device):
     """Train (or --resume) the run cfg describes; after every epoch, OUT/checkpoint.pt and
-    OUT/history.json. Returns the last checkpoint dict: everything after training reads the run
-    from it, as compare.py does."""
-    ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
-    ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS, DEFAULTS)   # None without --resume
-    if ckpt is not None and ckpt["epoch"] > cfg["epochs"]:
-        raise ValueError(f"--resume: the checkpoint already has {ckpt['epoch']} epochs, more "
-                         f"than --epochs {cfg['epochs']}")
+    OUT/history.json. Returns the last checkpoint dict, which everything after training reads."""
+    ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS, dict(latent_dim=LATENT_DIM))   # or None
+    if ckpt and ckpt["config"]["epochs"] != cfg["epochs"] and cfg["beta_schedule"] != "constant":
+        raise ValueError(f"--resume: the {cfg['beta_schedule']} beta schedule is laid out over "
+                         f"--epochs {ckpt['config']['epochs']}; pass that --epochs")
     print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, _ = data.load_cifar10(cfg["data_dir"], train=False, download=False)
     batches = runs.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"],
                            shuffle=True)   # the whole subset on the device as uint8; no DataLoader
-    steps = len(batches)
-    beta_of = beta_schedule(cfg, cfg["epochs"] * steps, ckpt)   # step -> KL weight (1.0: ELBO)
-    model = build_model(cfg, device)
+    steps, model = len(batches), build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    print(f"params {runs.count_params(model):,} | device {device} | threads "
-          f"{torch.get_num_threads()} | {len(train_x)} train / {len(test_x)} test images | "
-          f"{steps} steps/epoch | beta {cfg['beta']:g} ({cfg['beta_schedule']})"
-          + (" | channels_last" if cfg["channels_last"] else ""))
-    history, start_epoch = {"epochs": []}, 0
+    print(f"params {runs.count_params(model):,} | device {device} | {len(train_x)} train images | "
+          f"{steps} steps/epoch | beta {cfg['beta']:g} ({cfg['beta_schedule']}) | {runs.speed_line(cfg)}")
+    history, rows, start = {"epochs": []}, [], 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        history, start_epoch = ckpt["metrics"], ckpt["epoch"]
-        torch.set_rng_state(ckpt["rng"])  # not needed for exactness (noise_seed); for other draws
-        print(f"resumed from {ckpt_path} after epoch {start_epoch}")
+        model.load_state_dict(ckpt["model"]), optimizer.load_state_dict(ckpt["optimizer"])
+        history, start, rows = history_of(ckpt), ckpt["epoch"], list(ckpt.get("progress_rows", []))
+        print(f"resumed from {os.path.join(cfg['out'], 'checkpoint.pt')} after epoch {start}")
 
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in range(start, cfg["epochs"]):
         # ---- forward, backward, update: one pass over the subset, timed as training ----
         t0 = time.perf_counter()
-        betas = [beta_of(epoch * steps + i) for i in range(steps)]
+        betas = [beta_at(epoch * steps + i, cfg["epochs"] * steps, cfg["beta"],
+                         cfg["beta_schedule"], cfg["cycles"]) for i in range(steps)]   # all 1.0
         noise = torch.Generator().manual_seed(runs.noise_seed(cfg["seed"], "vae_eps", epoch))
-        stats = train_epoch(model, optimizer, batches.epoch(epoch), betas, noise,
-                            runs.autocast(cfg, device))
-        seconds = time.perf_counter() - t0
+        stats = train_epoch(model, optimizer, batches.epoch(epoch), betas, noise, cfg)
+        seconds, t0 = time.perf_counter() - t0, time.perf_counter()
         runs.check_finite(stats, epoch * steps, steps, cfg["out"], ("loss", "mse", "kl"),
                           "try a lower --lr")
 
         # ---- evaluation and logging: one line per epoch, with the ETA ----
-        e = epoch_record(model, stats, betas, test_x, cfg, device, epoch, seconds)
-        history["epochs"].append(e)
-        done = history["epochs"][start_epoch:]
-        eta = sum(d["seconds"] + d["eval_seconds"] for d in done) / len(done) * (
-            cfg["epochs"] - epoch - 1)
-        print(f"epoch {epoch + 1:3d}/{cfg['epochs']} | train elbo {e['train_elbo']:7.2f} recon "
-              f"{e['train_recon']:7.2f} kl {e['train_kl']:6.2f} | test[:{EPOCH_TEST}] elbo "
-              f"{e['test_elbo']:7.2f} recon {e['test_recon']:7.2f} kl {e['test_kl']:6.2f} | "
-              f"beta {e['beta']:.3f} | {seconds:.1f} s | ETA {data.format_seconds(eta)}",
-              flush=True)
+        # train: running means of the epoch's steps (train mode, sampled z, weights moving),
+        # weighted by batch size (the last batch is smaller); test: the first EPOCH_TEST images
+        w = stats[:, 3] / stats[:, 3].sum()
+        mse, kl = float((stats[:, 1] * w).sum()), float((stats[:, 2] * w).sum())
+        te = evaluate(model, test_x[:EPOCH_TEST], cfg["seed"])
+        runs.check_finite(torch.tensor([[te["neg_elbo"]]]), epoch, 1, cfg["out"], ("test loss",),
+                          "the last update made the weights non-finite; try a lower --lr")
+        rows.append(reconstruct(model, test_x[:8]))   # progress.png: 8 fixed test images
+        history["epochs"].append(dict(
+            epoch=epoch + 1, seconds=round(seconds, 3), beta=sum(betas) / len(betas),
+            train_neg_elbo=mse + kl, train_recon=mse, train_kl=kl, test_neg_elbo=te["neg_elbo"],
+            test_recon=te["recon"], test_kl=te["kl"], test_images=min(EPOCH_TEST, len(test_x)),
+            eval_seconds=round(time.perf_counter() - t0, 3)))
+        done = history["epochs"][start:]
+        eta = sum(d["seconds"] + d["eval_seconds"] for d in done) / len(done) * (cfg["epochs"] - epoch - 1)
+        print(f"epoch {epoch + 1:3d}/{cfg['epochs']} | train loss {mse + kl:7.2f} = recon {mse:7.2f}"
+              f" + kl {kl:6.2f} | test[:{EPOCH_TEST}] loss {te['neg_elbo']:7.2f} = recon "
+              f"{te['recon']:7.2f} + kl {te['kl']:6.2f} | beta {sum(betas) / len(betas):.3f} | "
+              f"{seconds:.1f} s | ETA {data.format_seconds(eta)}", flush=True)
 
         # ---- checkpoint: one dict, atomic, every epoch ----
         ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=cfg,
-                    epoch=epoch + 1, step=(epoch + 1) * steps, metrics=history,
-                    rng=torch.get_rng_state(), torch_version=str(torch.__version__),
-                    script="vae.py")
-        runs.atomic_torch_save(ckpt, ckpt_path)
+                    epoch=epoch + 1, step=(epoch + 1) * steps, history=history, progress_rows=rows,
+                    script=cfg["script"], provenance=runs.provenance(cfg))
+        runs.atomic_torch_save(ckpt, os.path.join(cfg["out"], "checkpoint.pt"))
         data.write_json(os.path.join(cfg["out"], "history.json"), history)
     return ckpt
 
 
-# ==== Future work: the KL weight beta and its schedules -- skip on a first read =================
-# The plain VAE above minimises MSE + KL: beta = 1 at every step. The study names two changes.
-# Higgins et al. 2017 weight the KL by beta (--beta): above 1 presses q(z|x) towards N(0, I),
-# below 1 lets z carry more of the image. KL annealing (Bowman et al. 2016; Fu et al. 2019,
-# cyclically) starts beta at 0 and ramps it up, so the decoder learns to use z before the KL pulls
-# the code onto the prior. Applied by composition: the run picks one function step -> beta
-# (beta_schedule), and train_step only ever sees a number.
-BETA = 1.0               # weight of the KL (its maximum under a schedule); 1.0 = the plain ELBO
-BETA_SCHEDULE = "constant"  # constant | linear | cyclical (see beta_at)
-CYCLES = 4               # cyclical: number of 0 -> beta ramps over the run (the study's slide: 4)
-RAMP_FRACTION = 0.5      # linear/cyclical: share of each cycle spent rising (Fu et al.: R = 0.5)
-
-
-def beta_at(step, total_steps, beta_max=BETA, schedule=BETA_SCHEDULE, cycles=CYCLES):
-    """KL weight at optimiser step `step` (0-based) of `total_steps`.
-
-    constant: beta_max throughout.
-    cyclical (Fu et al. 2019, eq. 6): the run is split into `cycles` cycles of T / M steps; in
-        each, beta rises linearly from 0 to beta_max over the first RAMP_FRACTION (half), then
-        holds. With tau = (step mod ceil(T / M)) / (T / M):  beta = beta_max * min(1, tau / R).
-    linear: the same with a single cycle -- one ramp from 0 over the first half of the whole run,
-        then beta_max for the second half (monotonic KL annealing, Bowman et al. 2016).
-    """
-    if schedule == "constant":
-        return float(beta_max)
-    m = 1 if schedule == "linear" else cycles
-    period = total_steps / m
-    tau = (step % math.ceil(period)) / period
-    return float(beta_max) * min(1.0, tau / RAMP_FRACTION)
-
-
-def beta_schedule(cfg, total_steps, ckpt=None):
-    """The run's KL weight as one function of the optimiser step (0-based) of total_steps. The
-    linear and cyclical schedules are laid out over the whole run, so a resumed run (ckpt) may
-    change --epochs only with the constant one: a new total would change the betas already used."""
-    if ckpt is not None and ckpt["config"]["epochs"] != cfg["epochs"] \
-            and cfg["beta_schedule"] != "constant":
-        raise ValueError(f"--resume: checkpoint was made for --epochs {ckpt['config']['epochs']}; "
-                         f"the {cfg['beta_schedule']} beta schedule depends on it, so pass the "
-                         "same --epochs")
-    return functools.partial(beta_at, total_steps=total_steps, beta_max=cfg["beta"],
-                             schedule=cfg["beta_schedule"], cycles=cfg["cycles"])
+def history_of(ckpt):   # older checkpoints called the per-epoch history "metrics"
+    return ckpt["history"] if "history" in ckpt else ckpt["metrics"]
 
 
 # ==== Evaluation ==============================================================================
 @torch.no_grad()
-def evaluate(model, images_uint8, device, seed, with_mean_recon=False):
-    """Test figures at beta = 1, eval mode (BN uses its running statistics, so an image's numbers
-    do not depend on its batch). One z ~ q(z|x) per image from a fixed generator (an unbiased,
-    deterministic one-sample estimate of the ELBO). with_mean_recon: also the MSE of decoding
-    z = mu (recon_mu, lower than recon: no sampling noise). Per-image means, unit as vae_loss.
-    The sums are float64 on the CPU: Apple GPUs (MPS) have no float64, so values leave the
-    device as float32 first."""
+def evaluate(model, images_uint8, seed, with_mean_recon=False):
+    """Test figures at beta = 1 in eval mode (BN uses its running statistics, so an image's numbers
+    do not depend on its batch), unit as vae_loss: per-image means of recon, KL and their sum, the
+    negative ELBO, with one z ~ q(z|x) per image from a fixed generator; with_mean_recon: also
+    recon_mu, the MSE of decoding z = mu. Sums in float64 on the CPU (Apple GPUs have none)."""
     model.eval()
+    device = next(model.parameters()).device
     noise = torch.Generator().manual_seed(runs.noise_seed(seed, "vae_eval"))
     sums = torch.zeros(3, dtype=torch.float64)
     for i in range(0, len(images_uint8), EVAL_BATCH):
@@ -355,253 +274,216 @@ def evaluate(model, images_uint8, device, seed, with_mean_recon=False):
             sums[2] += (model.decode(mu) - x).pow(2).sum(dim=(1, 2, 3)).cpu().double().sum()
     model.train()
     mse, kl, mse_mu = (sums / len(images_uint8)).tolist()
-    out = dict(elbo=mse + kl, recon=mse, kl=kl)
-    if with_mean_recon:
-        out["recon_mu"] = mse_mu
-    return out
+    return dict(neg_elbo=mse + kl, recon=mse, kl=kl, **({"recon_mu": mse_mu} if with_mean_recon else {}))
 
 
 @torch.no_grad()
 def encode_all(model, images_uint8, device):
     """mu (N, 64) and the encoder's last conv features (N, 2048: after BN + ReLU, flattened), eval
-    mode, as float32 CPU tensors: the inputs of the linear probes and of latents.npz."""
+    mode, float32 on the CPU: the inputs of the linear probes and of latents.npz."""
     model.eval()
-    mus, feats = [], []
-    for i in range(0, len(images_uint8), EVAL_BATCH):
-        h = model.encoder(data.to_float(images_uint8[i:i + EVAL_BATCH].to(device)))
-        mus.append(model.fc_mu(h).float().cpu())
-        feats.append(h.float().cpu())
+    parts = [model.encoder(data.to_float(images_uint8[i:i + EVAL_BATCH].to(device)))
+             for i in range(0, len(images_uint8), EVAL_BATCH)]
     model.train()
-    return torch.cat(mus), torch.cat(feats)
-
-
-def run_probes(cfg, device, train_x, train_y, test_x, test_y, trained):
-    """Five linear probes (metrics.probe_figures), each fitted on the training subset and scored on
-    the 10,000 test images: the trained mu; raw pixels; mu of the same network at its random init
-    (same seed, never trained); the trained conv features; the same at random init. Linear probes
-    reward dimension, so each accuracy is reported with its feature size (64, 3072 or 2048).
-    trained: (mu_train, feat_train, mu_test, feat_test) of the trained model, from encode_all."""
-    untrained = build_model(cfg, device)
-    r_mu_train, r_feat_train = encode_all(untrained, train_x, device)
-    r_mu_test, r_feat_test = encode_all(untrained, test_x, device)
-    mu_train, feat_train, mu_test, feat_test = trained
-    jobs = [("probe", mu_train, mu_test),
-            ("pixel_probe", metrics.pixel_features(train_x), metrics.pixel_features(test_x)),
-            ("random_probe", r_mu_train, r_mu_test),
-            ("conv_probe", feat_train, feat_test),
-            ("random_conv_probe", r_feat_train, r_feat_test)]
-    out = {}
-    for name, a, b in jobs:
-        out.update(metrics.probe_figures(name, a, train_y, b, test_y, cfg["seed"]))
-    return out
+    return (torch.cat([model.fc_mu(h).float().cpu() for h in parts]),
+            torch.cat([h.float().cpu() for h in parts]))
 
 
 def evaluate_run(cfg, ckpt, device):
-    """The final figures of a trained run (ckpt: the dict of its checkpoint.pt): the test ELBO on
-    all 10,000 test images, mu of every training and test image, and (unless --no-probe) the
-    probes. Returns (figures, latents): metrics.json's figures, and the arrays of latents.npz."""
+    """A trained run's figures (ckpt: its checkpoint dict): the loss on all 10,000 test images and,
+    unless --no-probe, linear probes fitted on the training subset and scored on the test images:
+    mu and the last conv features, both also at the random init, and raw pixels. Returns (figures, latents): metrics.json's figures, latents.npz's arrays."""
     model = load_trained(ckpt, device)
     train_x, train_y = data.load_subset(cfg)
     test_x, test_y = data.load_cifar10(cfg["data_dir"], train=False, download=False)
-    final = evaluate(model, test_x, device, cfg["seed"], with_mean_recon=True)
-    train_seconds = sum(e["seconds"] for e in ckpt["metrics"]["epochs"])
-    print(f"test (beta = 1, {len(test_x)} images): elbo {final['elbo']:.2f} = recon "
-          f"{final['recon']:.2f} + kl {final['kl']:.2f} | recon at z = mu {final['recon_mu']:.2f}"
-          f" | training {data.format_seconds(train_seconds)}", flush=True)
-    mu_train, feat_train = encode_all(model, train_x, device)
-    mu_test, feat_test = encode_all(model, test_x, device)
-    figures = dict(test_elbo=final["elbo"], test_recon=final["recon"], test_kl=final["kl"],
-                   test_recon_mu=final["recon_mu"])
-    if not cfg["no_probe"]:
-        print("linear probes (fitted on the training subset, scored on the test images):")
-        if len(train_x) < SUBSET:   # a validation split of a few images per class picks the L2
-            print(f"  warning: {len(train_x)} training images ({len(train_x) // 10} per class) "
-                  f"are too few for these accuracies to mean much; the study fits on {SUBSET:,}")
-        t0 = time.perf_counter()
-        figures.update(run_probes(cfg, device, train_x, train_y, test_x, test_y,
-                                  (mu_train, feat_train, mu_test, feat_test)))
+    final = evaluate(model, test_x, cfg["seed"], with_mean_recon=True)
+    print(f"test (beta = 1, {len(test_x)} images): loss {final['neg_elbo']:.2f} = recon "
+          f"{final['recon']:.2f} + kl {final['kl']:.2f} | recon at z = mu {final['recon_mu']:.2f}")
+    (mu_train, conv_train), (mu_test, conv_test) = (encode_all(model, x, device) for x in (train_x, test_x))
+    figures = dict(test_neg_elbo=final["neg_elbo"], test_recon=final["recon"], test_kl=final["kl"],
+                   test_recon_mu=final["recon_mu"], params=runs.count_params(model))
+    if not cfg["no_probe"]:   # each with its feature size: linear probes reward dimension
+        t0, untrained = time.perf_counter(), build_model(cfg, device)   # the same seed, untrained
+        (r_mu_train, r_conv_train), (r_mu_test, r_conv_test) = (encode_all(untrained, x, device)
+                                                                for x in (train_x, test_x))
+        for name, f_train, f_test in [
+                ("probe", mu_train, mu_test), ("pixel_probe", metrics.pixel_features(train_x),
+                 metrics.pixel_features(test_x)), ("random_probe", r_mu_train, r_mu_test),
+                ("conv_probe", conv_train, conv_test), ("random_conv_probe", r_conv_train, r_conv_test)]:
+            figures.update(metrics.probe_figures(name, f_train, train_y, f_test, test_y, cfg["seed"]))
         figures["probe_seconds"] = time.perf_counter() - t0
-    figures["params"] = runs.count_params(model)
-    latents = dict(train_z=mu_train.numpy(), train_y=train_y.numpy(),   # mu (N, 64), labels (N,)
-                   test_z=mu_test.numpy(), test_y=test_y.numpy())
-    return figures, latents
+    return figures, dict(train_z=mu_train.numpy(), train_y=train_y.numpy(),   # mu (N, 64), (N,)
+                         test_z=mu_test.numpy(), test_y=test_y.numpy())
 
 
 # ---- images from a trained run: this file's pictures and compare.py's scores use these ----
 def load_trained(checkpoint, device):
-    """The trained model of a checkpoint dict (runs.load_checkpoint), in eval mode on device (BN
-    with its running statistics: an image does not depend on its batch)."""
+    """The trained model of a checkpoint dict, in eval mode on device."""
     model = build_model(checkpoint["config"], device)
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 
 
 @torch.no_grad()
-def sample_images(checkpoint, n, seed, device="cpu"):
-    """n decoded z ~ N(0, I), z drawn on the CPU with seed -> uint8 (n, 3, 32, 32) on the CPU."""
-    model = load_trained(checkpoint, device)
-    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([data.to_uint8(model.decode(z[i:i + EVAL_BATCH].to(device)).cpu())
-                      for i in range(0, n, EVAL_BATCH)])
+def decode(model, z):
+    """Decoded z (N, latent_dim), eval mode, in batches -> uint8 (N, 3, 32, 32) on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([data.to_uint8(model.decode(z[i:i + EVAL_BATCH].to(device))).cpu()
+                      for i in range(0, len(z), EVAL_BATCH)])
 
 
 @torch.no_grad()
-def reconstruct_images(checkpoint, images_uint8, device="cpu"):
-    """Reconstructions (decoded z = mu) of uint8 (N, 3, 32, 32) images -> uint8, on the CPU."""
+def reconstruct(model, images_uint8):
+    """Reconstructions (decoded z = mu, eval mode) of uint8 (N, 3, 32, 32) images -> uint8 on the
+    CPU; the model is left in the mode it was in (progress.png is drawn during training)."""
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    out = torch.cat([data.to_uint8(model(data.to_float(images_uint8[i:i + EVAL_BATCH]).to(device))[0])
+                     .cpu() for i in range(0, len(images_uint8), EVAL_BATCH)])
+    model.train(was_training)
+    return out
+
+
+def sample_images(checkpoint, n, seed, device="cpu"):
+    """n decoded z ~ N(0, I), z drawn on the CPU with seed -> uint8 (n, 3, 32, 32) on the CPU."""
     model = load_trained(checkpoint, device)
-    return torch.cat([data.to_uint8(model(data.to_float(images_uint8[i:i + EVAL_BATCH])
-                                          .to(device))[0].cpu())
-                      for i in range(0, len(images_uint8), EVAL_BATCH)])
+    return decode(model, torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)))
 
 
-def export_sets(cfg, device):
-    """--export's two image sets (runs.export), the very ones compare.py scores: samples from noise
-    drawn with metrics.EVAL_SEED, and reconstructions of the reference draw of n test images."""
-    def reference(n):
-        return metrics.reference_images(cfg["data_dir"], "test", n, download=not cfg["no_download"])
-    return {"samples": lambda ckpt, n: sample_images(ckpt, n, metrics.EVAL_SEED, device),
-            "reconstructions": lambda ckpt, n: reconstruct_images(ckpt, reference(n), device)}
+def reconstruct_images(checkpoint, images_uint8, device="cpu"):
+    return reconstruct(load_trained(checkpoint, device), images_uint8)
 
 
 # ==== Outputs =================================================================================
 OUTPUTS = ["checkpoint.pt  every epoch: model, optimiser, config, history (what --resume reads)",
            "history.json   per epoch: train and test figures;  latents.npz: mu of every image",
            "metrics.json   the final figures on all 10,000 test images, the probe accuracies",
-           "reconstructions.png, interpolations.png, samples.png, curves.png: captioned pictures"]
+           "progress, reconstructions, interpolations, samples, curves (.png; plane.png for a 2-d z)"]
 
 
 @torch.no_grad()
 def save_pictures(cfg, ckpt, device, name="VAE"):
-    """reconstructions.png, interpolations.png, samples.png and curves.png of a trained run,
-    each with a caption that says what it shows; name: the model, for the captions."""
-    out, epochs = cfg["out"], ckpt["metrics"]["epochs"]
+    """The run's pictures, each captioned (name: the model). Without the dataset (--weights), only
+    samples.png and interpolations.png, the latter between z ~ N(0, I) instead of test images."""
+    out, epochs, model, k = cfg["out"], history_of(ckpt)["epochs"], load_trained(ckpt, device), 8
     after = f"{name} after {len(epochs)} epoch{'s' * (len(epochs) != 1)}"
-    test_x, _ = data.load_cifar10(cfg["data_dir"], train=False, download=False)
-    # Reconstructions: rows of 8 test images, each row above the decoded z = mu of those images
-    shown, rec = test_x[:N_SHOW], reconstruct_images(ckpt, test_x[:N_SHOW], device)
-    rows = [t for i in range(0, N_SHOW, 8) for t in (shown[i:i + 8], rec[i:i + 8])]
-    data.save_grid(torch.cat(rows), os.path.join(out, "reconstructions.png"), nrow=8,
-                   caption=f"{after}: test images above their reconstructions (decoded z = mu)",
-                   row_labels=["test", "recon"] * (N_SHOW // 8))
-    # Interpolations: row k goes from test image 2k to 2k+1 along the line between their mu
-    model = load_trained(ckpt, device)
-    xa = data.to_float(test_x[0:2 * N_INTERP_PAIRS:2].to(device))   # (8, 3, 32, 32)
-    xb = data.to_float(test_x[1:2 * N_INTERP_PAIRS:2].to(device))
-    ma, mb = model.encode(xa)[0], model.encode(xb)[0]                 # (8, 64)
-    t = torch.linspace(0, 1, N_INTERP_STEPS, device=device).view(1, -1, 1)
-    z = ((1 - t) * ma.unsqueeze(1) + t * mb.unsqueeze(1)).reshape(-1, model.latent_dim)  # (64, 64)
-    mid = model.decode(z).reshape(N_INTERP_PAIRS, N_INTERP_STEPS, 3, 32, 32)
-    grid = torch.cat([xa.unsqueeze(1), mid, xb.unsqueeze(1)], 1).flatten(0, 1)  # (80, 3, 32, 32)
-    data.save_grid(grid.cpu(), os.path.join(out, "interpolations.png"), nrow=N_INTERP_STEPS + 2,
-                   caption=f"{after}: first and last columns are real test images A and B; the "
-                   f"{N_INTERP_STEPS} between decode points on the line from mu_A to mu_B")
-    # Samples: decoded z ~ N(0, I), a fixed draw for the seed
-    data.save_grid(sample_images(ckpt, N_SAMPLES, cfg["seed"], device),
-                   os.path.join(out, "samples.png"), nrow=8,
-                   caption=f"{after}: {N_SAMPLES} samples, decoded z ~ N(0, I)")
-    # Curves: one chart per quantity, train (running mean over the epoch) and test
+    save = lambda images, file, caption, **kw: data.save_grid(
+        images, os.path.join(out, file), caption=f"{after}: {caption}", **kw)
+    test_x = (data.load_cifar10(cfg["data_dir"], train=False, download=False)[0]
+              if data.find_archive(cfg["data_dir"]) else None)
+    za, zb = torch.randn(2, N_INTERP_PAIRS, model.latent_dim,   # no data: between two z ~ N(0, I)
+                         generator=torch.Generator().manual_seed(cfg["seed"]))
+    if test_x is not None:
+        rows, shown = ckpt.get("progress_rows", []), test_x[:N_SHOW]
+        if rows:   # 8 fixed test images over their reconstructions after each shown epoch
+            pick = sorted(set(np.linspace(0, len(rows) - 1, min(PROGRESS_ROWS, len(rows)))
+                              .round().astype(int).tolist()))
+            save(torch.cat([shown[:k]] + [rows[i] for i in pick]), "progress.png", "the same 8 "
+                 "test images (top) reconstructed after each shown epoch", nrow=k,
+                 row_labels=["test"] + [f"ep {i + 1}" for i in pick])
+        rec = reconstruct(model, shown)            # rows of 8 test images over decoded z = mu
+        save(torch.cat([t for i in range(0, N_SHOW, k) for t in (shown[i:i + k], rec[i:i + k])]),
+             "reconstructions.png", "test images above their reconstructions (decoded z = mu)",
+             nrow=k, row_labels=["test", "recon"] * (N_SHOW // k))
+        ends = test_x[0:2 * N_INTERP_PAIRS:2], test_x[1:2 * N_INTERP_PAIRS:2]  # row i: 2i to 2i+1
+        za, zb = (model.encode(data.to_float(t).to(device))[0].cpu() for t in ends)   # (8, 64)
+    t = torch.linspace(0, 1, N_INTERP_STEPS).view(1, -1, 1)
+    grid = decode(model, ((1 - t) * za.unsqueeze(1) + t * zb.unsqueeze(1)).flatten(0, 1))
+    grid = grid.view(N_INTERP_PAIRS, N_INTERP_STEPS, 3, 32, 32)
+    if test_x is not None:
+        grid = torch.cat([ends[0].unsqueeze(1), grid, ends[1].unsqueeze(1)], 1)   # A, steps, B
+    save(grid.flatten(0, 1), "interpolations.png", nrow=grid.shape[1], caption="each row decodes "
+         "points on the line " + ("from mu_A to mu_B of test images A (first column) and B (last)"
+                                  if test_x is not None else "between two z ~ N(0, I)"))
+    save(sample_images(ckpt, N_SAMPLES, cfg["seed"], device), "samples.png",
+         f"{N_SAMPLES} samples, decoded z ~ N(0, I)", nrow=8)
+    if model.latent_dim == 2:       # the whole code space on one page; rows: z2 from 3 down to -3
+        g = torch.linspace(-3, 3, PLANE)
+        save(decode(model, torch.stack([g.repeat(PLANE), g.flip(0).repeat_interleave(PLANE)], 1)),
+             "plane.png", f"decoded z on a {PLANE} x {PLANE} grid over [-3, 3]^2: z1 from -3 (left) "
+             "to 3 (right), z2 from 3 (top) to -3 (bottom)", nrow=PLANE)
     ep = [e["epoch"] for e in epochs]
-
-    def chart(k, title):
-        series = {"train": (ep, [e[f"train_{k}"] for e in epochs]),
-                  f"test (first {EPOCH_TEST})": (ep, [e[f"test_{k}"] for e in epochs])}
-        return data.draw_chart(series, title=title, xlabel="epoch", ylabel="per image")
-    charts = [chart("elbo", "ELBO = recon + KL"), chart("recon", "recon: summed squared error"),
-              chart("kl", "KL to N(0, I), nats")]
-    data.save_charts(os.path.join(out, "curves.png"), charts, ncols=3,
-                     caption=f"{name}, per image: train = running mean over each epoch's steps, "
-                     "test at beta = 1")
+    get = lambda e, key: e.get(key, e.get(key.replace("neg_elbo", "elbo")))   # older: "elbo"
+    data.save_charts(os.path.join(out, "curves.png"), [data.draw_chart(
+        {"train": (ep, [get(e, f"train_{key}") for e in epochs]),
+         f"test (first {EPOCH_TEST})": (ep, [get(e, f"test_{key}") for e in epochs])},
+        title=title, xlabel="epoch", ylabel="per image") for key, title in (
+        ("neg_elbo", "loss = -ELBO = recon + KL"), ("recon", "recon: summed squared error"),
+        ("kl", "KL to N(0, I), nats"))], ncols=3, caption=f"{name}, per image, lower is better: "
+        "train = running mean over each epoch's steps, test at beta = 1")
 
 
 def save_outputs(cfg, ckpt, figures, latents, device, t_start, name="VAE"):
-    """latents.npz, the pictures (name: the model, for their captions), then metrics.json (its
-    total_seconds: this process, data to last file). Returns metrics.json's dict."""
+    """latents.npz, the pictures, then metrics.json. Returns metrics.json's dict."""
     buf = io.BytesIO()  # np.savez into memory, then one atomic write: never a torn file
     np.savez(buf, **latents)
     data.atomic_write_bytes(os.path.join(cfg["out"], "latents.npz"), buf.getvalue())
     save_pictures(cfg, ckpt, device, name)
-    epochs = ckpt["metrics"]["epochs"]
-    train_seconds = sum(e["seconds"] for e in epochs)
-    total_seconds = time.perf_counter() - t_start
-    dim = latents["test_z"].shape[1]
-    metrics_out = dict(
-        **figures, epochs=len(epochs), train_seconds=train_seconds,
-        seconds_per_epoch=train_seconds / len(epochs), total_seconds=total_seconds,
-        device=str(device), threads=torch.get_num_threads(), torch=str(torch.__version__),
-        seed=cfg["seed"], precision=cfg["precision"], config=cfg, commit=runs.git_commit(),
-        units="elbo = recon + kl at beta 1, per image, mean over the 10,000 test images; recon = "
-              "squared error summed over 3072 values in [-1, 1]; kl = KL(q(z|x) || N(0, I)) summed "
-              f"over {dim} dims; one z ~ q(z|x) per image (recon_mu: z = mu); probe accuracies in "
-              "[0, 1]; seconds: wall (train_seconds: training epochs only; total_seconds: this "
-              "process, data to last file)")
-    data.write_json(os.path.join(cfg["out"], "metrics.json"), metrics_out)
+    epochs = history_of(ckpt)["epochs"]
+    train_seconds, total_seconds = sum(e["seconds"] for e in epochs), time.perf_counter() - t_start
+    out = dict(**figures, epochs=len(epochs), train_seconds=train_seconds,
+               seconds_per_epoch=train_seconds / len(epochs), total_seconds=total_seconds,
+               **runs.run_record(cfg, device),
+               units="neg_elbo = recon + kl at beta 1 (the loss, lower is better), per image, mean "
+                     "over the 10,000 test images; recon = squared error summed over 3072 values "
+                     f"in [-1, 1]; kl = KL(q(z|x) || N(0, I)) summed over {latents['test_z'].shape[1]}"
+                     " dims; one z ~ q(z|x) per image (recon_mu: z = mu); probe accuracies in [0, 1];"
+                     " seconds: wall (train: training epochs only; total: this process)")
+    data.write_json(os.path.join(cfg["out"], "metrics.json"), out)
     print(f"outputs in {cfg['out']} | total {data.format_seconds(total_seconds)} "
           f"(training {data.format_seconds(train_seconds)})")
-    return metrics_out
-
-
-# ==== Speed check (--bench) ===================================================================
-def bench_step(cfg, device, tutorial):
-    """For runs.bench: the model at its init for cfg (and its Adam), and a function that runs one
-    training step on a batch x -- ours (train_step), or with tutorial the pytorch/examples one."""
-    model = build_model(cfg, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    if tutorial:
-        return lambda x: runs.tutorial_vae_step(model, optimizer, x, device, vae_loss)
-    noise = torch.Generator().manual_seed(runs.noise_seed(cfg["seed"], "vae_eps"))
-
-    def step(x):
-        eps = torch.randn(x.shape[0], model.latent_dim, generator=noise).to(device)
-        return train_step(model, optimizer, x, eps, cfg["beta"], runs.autocast(cfg, device))
-    return step
+    return out
 
 
 # ==== Command line ============================================================================
 def parse_args(argv=None):
-    """The VAE's own flags, then those every training script shares (runs.add_run_flags); all
-    validated before any work starts (runs.cli_main turns the ValueError into one line)."""
+    """The VAE's flags, then those every training script shares (runs.add_run_flags); all checked
+    before any work starts (runs.cli_main turns the ValueError into one line, exit status 2)."""
     p = runs.make_parser(
         "Convolutional VAE on CIFAR-10: train it, evaluate it, and probe what its latent code\n"
         "learned. The docstring of vae.py explains the model, the loss and its units.",
-        examples=["python vae.py                      # the study: 20 epochs, 10k subset, seed 42",
-                  "python vae.py --epochs 5 --no-probe --out runs/vae_quick"
-                  "   # a quick look, ~30 s",
-                  "python vae.py --beta-schedule cyclical --cycles 4 --out runs/vae_cyclical"],
-        outputs=OUTPUTS + ["bench.json     with --bench: the speed check, and nothing else"])
+        examples=["python vae.py --epochs 5 --no-probe --out runs/vae_quick   # a quick look",
+                  "python vae.py                      # the study: 20 epochs, 10k subset, seed 42",
+                  "python vae.py --beta-schedule cyclical --cycles 4 --out runs/vae_cyclical",
+                  "python vae.py --weights weights/vae.pt --out runs/vae_shipped  # shipped model"],
+        outputs=OUTPUTS)
     g = p.add_argument_group("the VAE")
     g.add_argument("--lr", type=float, default=LR, help="Adam learning rate")
-    g = p.add_argument_group("KL weight and schedules (future work; the defaults give the ELBO)")
-    g.add_argument("--beta", type=float, default=BETA, help="KL weight (maximum under a schedule)")
-    g.add_argument("--beta-schedule", default=BETA_SCHEDULE,
-                   choices=("constant", "linear", "cyclical"),
-                   help="KL weight per step: constant; linear = one ramp over the first half of "
-                   "the run; cyclical = Fu et al. 2019")
-    g.add_argument("--cycles", type=int, default=CYCLES,
-                   help="number of 0 -> beta ramps for --beta-schedule cyclical")
+    g.add_argument("--latent-dim", type=int, default=LATENT_DIM, help="size of z (2: plane.png)")
+    g.add_argument("--beta", type=float, default=BETA,
+                   help="KL weight (1: the negative ELBO; the maximum under a schedule)")
+    g.add_argument("--beta-schedule", default=BETA_SCHEDULE, choices=("constant", "linear", "cyclical"),
+                   help="KL weight per step (beta_at): constant; linear: one ramp over the first "
+                   "half of the run; cyclical: Fu et al. 2019, --cycles ramps")
+    g.add_argument("--cycles", type=int, default=CYCLES, help="ramps of --beta-schedule cyclical")
     runs.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
     a = p.parse_args(argv)
-    if not (math.isfinite(a.lr) and a.lr > 0):
-        raise ValueError(f"--lr must be a positive number, got {a.lr}")
-    if not (math.isfinite(a.beta) and a.beta >= 0):
-        raise ValueError(f"--beta must be a number >= 0, got {a.beta}")
-    if a.cycles < 1:
-        raise ValueError(f"--cycles must be >= 1, got {a.cycles}")
+    for bad, text in ((not (math.isfinite(a.lr) and a.lr > 0), f"--lr must be > 0, got {a.lr}"),
+                      (not 1 <= a.latent_dim <= 4096, f"--latent-dim must be in [1, 4096], got {a.latent_dim}"),
+                      (not (math.isfinite(a.beta) and a.beta >= 0), f"--beta must be >= 0, got {a.beta}"),
+                      (a.cycles < 1, f"--cycles must be >= 1, got {a.cycles}")):
+        if bad:
+            raise ValueError(text)
+    a.script = "vae.py"       # saved with the config: which file's model and loop made the run
     runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
     return vars(a)
 
 
 # ==== Main: config, training, evaluation, outputs =============================================
 def main(argv=None):
+    t_start = time.perf_counter()
     cfg = parse_args(argv)
     device = runs.setup_run(cfg)
-    if cfg["export"]:
-        return runs.export(cfg, "vae.py", export_sets(cfg, device))    # images only, no training
-    if cfg["bench"]:
-        return runs.bench(cfg, device, bench_step, drop_last=False)   # bench.json, nothing else
-    t_start = time.perf_counter()
+    if cfg["export"] or cfg["bench"] or cfg["weights"]:         # no training (runs.py's modes)
+        return runs.other_mode(cfg, device, sys.modules[__name__])
     ckpt = train(cfg, device)                                   # checkpoint.pt, history.json
     figures, latents = evaluate_run(cfg, ckpt, device)          # all 10,000 test images, probes
     return save_outputs(cfg, ckpt, figures, latents, device, t_start)   # pictures, metrics.json
+
+
+def pictures(cfg, ckpt, device):   # --weights FILE: a shipped model's pictures (runs.other_mode)
+    save_pictures(cfg, ckpt, device)
 
 
 if __name__ == "__main__":

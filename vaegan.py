@@ -49,6 +49,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -191,21 +192,19 @@ def train_epoch(model, D, opt_vae, opt_d, batches, noise, cfg):
     return torch.stack(rows).cpu()
 
 
-def epoch_record(model, stats, test_x, cfg, device, epoch, seconds):
+def evaluate_epoch(model, stats, test_x, cfg, device, epoch, seconds):
     """One epoch's entry of history.json: the means of its training steps (full batches, so plain
     means are per image) and vae.py's test figures on the first EPOCH_TEST test images, in its
     units and its keys (vae.save_pictures draws them in curves.png beside the VAE's)."""
     t0 = time.perf_counter()
     m = dict(zip(STATS, stats.mean(0).tolist()))
-    te = vae.evaluate(model, test_x[:EPOCH_TEST], device, cfg["seed"])
-    if not math.isfinite(te["elbo"]):
-        raise runs.NonFiniteLoss(f"test ELBO is {te['elbo']} after epoch {epoch + 1}: the weights "
-                                 "are no longer finite; stopped, last good checkpoint kept at "
-                                 f"{os.path.join(cfg['out'], 'checkpoint.pt')}")
-    return dict(epoch=epoch + 1, seconds=round(seconds, 3), train_elbo=m["mse"] + m["kl"],
+    te = vae.evaluate(model, test_x[:EPOCH_TEST], cfg["seed"])
+    runs.check_finite(torch.tensor([[te["neg_elbo"]]]), epoch, 1, cfg["out"], ("test loss",),
+                      "the last update made the weights non-finite; try a lower --lr or --gamma")
+    return dict(epoch=epoch + 1, seconds=round(seconds, 3), train_neg_elbo=m["mse"] + m["kl"],
                 train_recon=m["mse"], train_kl=m["kl"], train_feature=m["feat"],
                 d_loss=m["d_loss"], g_loss=m["g_loss"], d_x=m["d_x"], d_rec=m["d_rec"],
-                d_prior=m["d_prior"], test_elbo=te["elbo"], test_recon=te["recon"],
+                d_prior=m["d_prior"], test_neg_elbo=te["neg_elbo"], test_recon=te["recon"],
                 test_kl=te["kl"], test_images=min(EPOCH_TEST, len(test_x)),
                 eval_seconds=round(time.perf_counter() - t0, 3))
 
@@ -214,10 +213,7 @@ def train(cfg, device):
     """Train (or --resume) the run cfg describes; after every epoch OUT/checkpoint.pt and
     OUT/history.json. Returns the last checkpoint dict, which everything after training reads."""
     ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
-    ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS, vae.DEFAULTS)   # None without --resume
-    if ckpt is not None and ckpt["epoch"] > cfg["epochs"]:
-        raise ValueError(f"--resume: the checkpoint already has {ckpt['epoch']} epochs, more "
-                         f"than --epochs {cfg['epochs']}")
+    ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS)   # None without --resume
     print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, _ = data.load_cifar10(cfg["data_dir"], train=False, download=False)
@@ -235,7 +231,7 @@ def train(cfg, device):
     if ckpt is not None:
         model.load_state_dict(ckpt["model"]), D.load_state_dict(ckpt["D"])
         opt_vae.load_state_dict(ckpt["opt_vae"]), opt_d.load_state_dict(ckpt["opt_d"])
-        history, start_epoch = ckpt["metrics"], ckpt["epoch"]
+        history, start_epoch = vae.history_of(ckpt), ckpt["epoch"]
         print(f"resumed from {ckpt_path} after epoch {start_epoch}")
 
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -248,7 +244,7 @@ def train(cfg, device):
                           "try a lower --lr or --gamma")
 
         # ---- evaluation and logging: one line per epoch, with the ETA ----
-        e = epoch_record(model, stats, test_x, cfg, device, epoch, seconds)
+        e = evaluate_epoch(model, stats, test_x, cfg, device, epoch, seconds)
         history["epochs"].append(e)
         done = history["epochs"][start_epoch:]
         eta = sum(d["seconds"] + d["eval_seconds"] for d in done) / len(done) * (
@@ -263,8 +259,8 @@ def train(cfg, device):
         # ---- checkpoint: one dict, atomic, every epoch (model: the VAE, under vae.py's key) ----
         ckpt = dict(model=model.state_dict(), D=D.state_dict(), opt_vae=opt_vae.state_dict(),
                     opt_d=opt_d.state_dict(), config=cfg, epoch=epoch + 1,
-                    step=(epoch + 1) * steps, metrics=history, torch_version=str(torch.__version__),
-                    script="vaegan.py")
+                    step=(epoch + 1) * steps, history=history, torch_version=str(torch.__version__),
+                    script=cfg["script"], provenance=runs.provenance(cfg))
         runs.atomic_torch_save(ckpt, ckpt_path)
         data.write_json(os.path.join(cfg["out"], "history.json"), history)
     return ckpt
@@ -273,7 +269,7 @@ def train(cfg, device):
 # ==== Evaluation ==============================================================================
 def gan_figures(cfg, ckpt):
     """The figures vae.evaluate_run does not know: the game's last epoch and the discriminator."""
-    last = ckpt["metrics"]["epochs"][-1]
+    last = vae.history_of(ckpt)["epochs"][-1]
     game = ("train_feature", "d_loss", "g_loss", "d_x", "d_rec", "d_prior")
     return dict({k: last[k] for k in game},
                 params_d=runs.count_params(dcgan.Discriminator(cfg["width"])),
@@ -288,7 +284,7 @@ def gan_figures(cfg, ckpt):
 def save_gan_curves(cfg, ckpt):
     """gan_curves.png: the game per epoch. (curves.png, drawn by vae.save_pictures, has the pixel
     error and the KL in the very charts of the VAE's.)"""
-    epochs = ckpt["metrics"]["epochs"]
+    epochs = vae.history_of(ckpt)["epochs"]
     ep = [e["epoch"] for e in epochs]
 
     def chart(title, ylabel, **labels):   # labels: legend label -> history key
@@ -332,6 +328,7 @@ def parse_args(argv=None):
         raise ValueError(f"--lr must be a positive number, got {a.lr}")
     if not (math.isfinite(a.gamma) and a.gamma >= 0):
         raise ValueError(f"--gamma must be a number >= 0, got {a.gamma}")
+    a.script = "vaegan.py"
     runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
     return vars(a)
 
@@ -341,14 +338,22 @@ def main(argv=None):
     t_start = time.perf_counter()
     cfg = parse_args(argv)
     device = runs.setup_run(cfg)
-    if cfg["export"]:                                          # images only, no training
-        return runs.export(cfg, "vaegan.py", vae.export_sets(cfg, device))
+    if cfg["export"] or cfg["weights"]:                        # no training (runs.py's modes)
+        return runs.other_mode(cfg, device, sys.modules[__name__])
     ckpt = train(cfg, device)                                  # checkpoint.pt, history.json
     figures, latents = vae.evaluate_run(cfg, ckpt, device)     # vae.py's figures, the probes
     figures.update(gan_figures(cfg, ckpt))
     save_gan_curves(cfg, ckpt)                                 # gan_curves.png
     return vae.save_outputs(cfg, ckpt, figures, latents, device, t_start,
                             name="VAE-GAN")                    # vae.py's pictures, metrics.json
+
+
+# --export and --weights read this file's runs as vae.py's (the VAE under the key "model")
+sample_images, reconstruct_images = vae.sample_images, vae.reconstruct_images
+
+
+def pictures(cfg, ckpt, device):
+    vae.save_pictures(cfg, ckpt, device, name="VAE-GAN")
 
 
 if __name__ == "__main__":
