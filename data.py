@@ -2,27 +2,15 @@
 data.py -- pixels in and pictures out: CIFAR-10 from the raw archives, the stratified subset,
 and PNG/PPM images, captioned grids and line charts, every file written atomically.
 
-Run it to check the dataset:
-
     python data.py                      # looks in data/, downloads the archive if it is missing
     python data.py --data-dir DIR --no-download
 
 It prints images per class per split, says whether the archive is the official one (md5), and
-writes a grid of examples to runs/data_examples.png. Nothing is unpacked to disk: each process
-decodes the gzip tarball once (both splits together) and keeps the result in memory.
+writes a grid of examples to runs/data_examples.png. docs/protocol.md, 'The data', says what it
+reads and how. The run plumbing the training scripts share is in runs.py.
 
-It reads the official python or binary release (cifar-10-python.tar.gz, cifar-10-binary.tar.gz)
-or the folders they unpack to; each image is stored channel-major, exactly a (3, 32, 32) tensor.
-The pickles go through `_SafeUnpickler`, which refuses every name the official files do not use.
-Images made elsewhere (decode_png) are read in bounded time and memory; docs/protocol.md, 'The
-data', lists the sources and the limits.
-
-The run plumbing the training scripts share (flags, seeds, batches, checkpoints) is in runs.py.
-
-What it leaves out on purpose: torchvision, PIL and matplotlib. The PNG encoder and decoder
-(zlib + struct), the bitmap font and the line chart below are a few dozen lines each and have no
-dependencies.
-The synthetic archives the tests load are written by test_all.py, not here.
+Left out on purpose: torchvision, PIL and matplotlib (the PNG codec, the bitmap font and the line
+chart below are a few dozen lines each). The tests' synthetic archives are written by test_all.py.
 """
 import hashlib
 import io
@@ -45,12 +33,10 @@ import torch
 # Settings: the official dataset's facts (https://www.cs.toronto.edu/~kriz/cifar.html)
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-OFFICIAL_MD5 = {  # md5 of the official archives; any other file still loads, with a warning
-    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
-    "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530",
-}
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck"]
+# md5 of the official archives; any other file still loads, with a warning
+OFFICIAL_MD5 = {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+                "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"}
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_BATCHES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"]
 TEST_BATCHES = ["test_batch"]
 PY_DIR, BIN_DIR = "cifar-10-batches-py", "cifar-10-batches-bin"
@@ -65,15 +51,14 @@ class DataError(Exception):
 # Small file helpers (used by every script): nothing is ever half-written
 
 def atomic_write_bytes(path, data):
-    """Write `data` to a temp file in the same folder, fsync it, then rename over `path`.
-    A kill at any moment leaves either the old file or the new one, never a torn one."""
+    """Write via a temp file beside `path`, fsync and rename: a kill never leaves a torn file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions of a new file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a new file's usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -89,13 +74,17 @@ def write_json(path, obj):
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def write_npz(path, **arrays):   # np.savez into memory, then one atomic write: never torn
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def format_seconds(s):
     """1234.5 -> '20m34s': short enough for a progress line."""
     s = int(round(max(s, 0.0)))
-    if s < 60:
-        return f"{s}s"
     if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
+        return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
@@ -103,10 +92,9 @@ def format_seconds(s):
 # Reading the archives
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only what the official CIFAR-10 pickles name. Everything else
-    (os.system, builtins.eval, ...) is refused *before* it can be called."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    """Resolves only the names the official pickles use: os.system & co. are refused, never run."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy._core.multiarray", "_reconstruct")}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -125,7 +113,8 @@ def _load_py_batch(raw, where):
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
     except Exception as e:  # truncated or garbage pickle: say so, not a raw traceback
-        raise DataError(f"{where}: not a readable CIFAR-10 pickle ({type(e).__name__}: {e})") from None
+        raise DataError(f"{where}: not a readable CIFAR-10 pickle ({type(e).__name__}: {e})") \
+            from None
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise DataError(f"{where}: expected a dict with b'data' and b'labels'")
     x, y = d[b"data"], np.asarray(d[b"labels"])
@@ -216,8 +205,7 @@ _decoded = {}  # (path, size, mtime) -> both splits, so the train and test loads
 
 
 def load_cifar10(root="data", train=True, download=True):
-    """-> images uint8 (N, 3, 32, 32), labels int64 (N,), in archive order.
-    N = 50,000 for train (data_batch_1..5), 10,000 for test (test_batch)."""
+    """-> uint8 images (N, 3, 32, 32), int64 labels, archive order; N: 50,000 train, 10,000 test."""
     found = find_archive(root)
     if found is None:
         if not download:
@@ -236,10 +224,9 @@ def load_cifar10(root="data", train=True, download=True):
 
 def _read_splits(kind, path):
     """Decode both splits of one source -> ((train_x, train_y), (test_x, test_y)) as numpy."""
-    names = TRAIN_BATCHES + TEST_BATCHES
-    top = PY_DIR if kind == "py" else BIN_DIR
-    members = [f"{top}/{n}" + ("" if kind == "py" else ".bin") for n in names]
-    decode = _load_py_batch if kind == "py" else _load_bin_batch
+    top, ext, decode = ((PY_DIR, "", _load_py_batch) if kind == "py"
+                        else (BIN_DIR, ".bin", _load_bin_batch))
+    members = [f"{top}/{n}{ext}" for n in TRAIN_BATCHES + TEST_BATCHES]
     raws = {}
     if os.path.isdir(path):
         for m in members:
@@ -275,17 +262,18 @@ def _read_splits(kind, path):
 # Subsets and batches
 
 def stratified_indices(labels, n, seed=42):
-    """n/10 indices per class, drawn with a seeded permutation, sorted ascending. The study
-    trains on 10,000 images (1,000 per class) drawn with seed 42."""
+    """n/10 indices per class drawn by a seeded permutation, sorted (the study: 10,000, seed 42)."""
     labels = torch.as_tensor(labels)
     if n % 10 or n <= 0:
-        raise ValueError(f"subset size must be a positive multiple of 10 (one tenth per class), not {n}")
+        raise ValueError(f"subset size must be a positive multiple of 10 (one tenth per class), "
+                         f"not {n}")
     g = torch.Generator().manual_seed(seed)
     picks = []
     for c in range(10):
         idx = torch.nonzero(labels == c).flatten()
         if len(idx) < n // 10:
-            raise ValueError(f"subset of {n} needs {n // 10} images of class {c}, only {len(idx)} exist")
+            raise ValueError(f"subset of {n} needs {n // 10} images of class {c}, only {len(idx)} "
+                             "exist")
         picks.append(idx[torch.randperm(len(idx), generator=g)[: n // 10]])
     return torch.cat(picks).sort().values
 
@@ -301,11 +289,11 @@ def to_uint8(x):
 
 
 def load_subset(cfg):
-    """The run's training images: cfg["subset"] of them, a tenth per class, drawn with cfg["seed"]
-    -> uint8 (N, 3, 32, 32), int64 (N,)."""
+    """The run's training images: cfg["subset"] of them, stratified, drawn with cfg["seed"]."""
     images, labels = load_cifar10(cfg["data_dir"], train=True, download=not cfg["no_download"])
     if cfg["subset"] > len(images):
-        raise DataError(f"--subset {cfg['subset']} is larger than the {len(images)} training images")
+        raise DataError(f"--subset {cfg['subset']} is larger than the {len(images)} training "
+                        "images")
     idx = stratified_indices(labels, cfg["subset"], seed=cfg["seed"])
     return images[idx], labels[idx]
 
@@ -318,7 +306,6 @@ def encode_png(img):
     c, h, w = img.shape
     rows = img.permute(1, 2, 0).contiguous().numpy().reshape(h, w * 3)
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter byte 0
-
     def chunk(kind, payload):  # length, type, data, CRC over type + data
         return struct.pack(">I", len(payload)) + kind + payload + \
             struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
@@ -327,16 +314,14 @@ def encode_png(img):
         chunk(b"IEND", b"")
 
 
-PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> bytes per pixel at bit depth 8: grey,
-                                              # RGB, palette index, grey + alpha, RGBA
+PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> bytes per pixel at bit depth 8
 PNG_MAX_PIXELS = 1 << 24   # 16.8M pixels (4096 x 4096): a larger header is refused before any
                            # inflating, so a decode holds at most ~300 MB whatever the file claims
 PNG_MAX_FILE = 1 << 28     # 256 MiB: no PNG of at most PNG_MAX_PIXELS needs more bytes than that
 
 
 def regular_file(path, what="file"):
-    """Refuse in one line anything but a regular file (a FIFO would block a read forever, a device
-    such as /dev/zero never ends) -> its size in bytes. os.stat opens nothing."""
+    """Refuse anything but a regular file (a FIFO blocks reads, a device never ends) -> its size."""
     try:
         st = os.stat(path)
     except OSError as e:
@@ -350,17 +335,16 @@ def regular_file(path, what="file"):
 def read_png_file(path):
     """decode_png of a regular file of at most PNG_MAX_FILE bytes."""
     if regular_file(path, "PNG file") > PNG_MAX_FILE:
-        raise ValueError(f"{path}: over {PNG_MAX_FILE >> 20} MiB, more than a PNG of {PNG_MAX_PIXELS:,} pixels needs")
+        raise ValueError(f"{path}: over {PNG_MAX_FILE >> 20} MiB, more than a PNG of "
+                         f"{PNG_MAX_PIXELS:,} pixels needs")
     with open(path, "rb") as fh:
         return decode_png(fh.read(), path)
 
 
 def decode_png(raw, name="PNG"):
-    """PNG bytes -> uint8 (3, H, W), for images made elsewhere (metrics.py score). Reads what
-    standard encoders write at bit depth 8: colour types 0 and 4 (grey, copied to R, G and B),
-    2 (RGB), 3 (palette) and 6 (RGBA); alpha is dropped, not composited. Every row filter
-    (PNG spec 1.2, sec. 6): None, Sub, Up, Average, Paeth. Interlaced or 16-bit files, a bad
-    CRC, truncated data, 0 x 0 or over PNG_MAX_PIXELS: ValueError, one line naming `name`."""
+    """PNG bytes -> uint8 (3, H, W), for images made elsewhere (metrics.py score): 8-bit grey (to
+    R, G and B), RGB, palette, grey + alpha or RGBA (alpha dropped), every row filter (PNG spec 1.2,
+    sec. 6). Anything else, a bad CRC, truncated data, 0 x 0 or over PNG_MAX_PIXELS: ValueError."""
     if raw[:8] != b"\x89PNG\r\n\x1a\n":
         raise ValueError(f"{name}: not a PNG file")
     pos, head, palette, idat = 8, None, None, []
@@ -386,7 +370,8 @@ def decode_png(raw, name="PNG"):
                          f"{', interlaced' if interlace else ''}: only 8-bit, non-interlaced "
                          "grey, RGB, palette or RGBA PNGs are read")
     if not (1 <= w and 1 <= h and w * h <= PNG_MAX_PIXELS):
-        raise ValueError(f"{name}: {w} x {h} pixels; images of 1 to {PNG_MAX_PIXELS:,} pixels are read")
+        raise ValueError(f"{name}: {w} x {h} pixels; images of 1 to {PNG_MAX_PIXELS:,} pixels are "
+                         "read")
     bpp = PNG_SAMPLES[ctype]
     rows = _inflate(idat, h * (w * bpp + 1), name).reshape(h, w * bpp + 1)
     filters, lines = rows[:, 0], rows[:, 1:]
@@ -403,8 +388,7 @@ def decode_png(raw, name="PNG"):
 
 
 def _inflate(chunks, size, name):
-    """The IDAT zlib stream -> exactly `size` bytes (uint8), inflated chunk by chunk with a bound
-    on the output (max_length): data that would inflate to gigabytes stops at size + 1 bytes."""
+    """The IDAT zlib stream -> `size` bytes, inflated with a bound: a bomb stops at size + 1."""
     z, out = zlib.decompressobj(), bytearray()
     try:
         for chunk in chunks:
@@ -414,18 +398,18 @@ def _inflate(chunks, size, name):
     except zlib.error:
         raise ValueError(f"{name}: truncated or corrupt PNG (image data)") from None
     if len(out) != size:
-        raise ValueError(f"{name}: truncated or corrupt PNG ({len(out):,}{'+' * (len(out) > size)} "
-                         f"bytes of image data where its header needs {size:,})")
+        more = "+" * (len(out) > size)
+        raise ValueError(f"{name}: truncated or corrupt PNG ({len(out):,}{more} bytes of image "
+                         f"data where its header needs {size:,})")
     return np.frombuffer(bytes(out), np.uint8)
 
 
 def _unfilter(filters, lines):
-    """Undo the row filters: lines (H, W, bpp) uint8 as stored, filters (H,) -> the pixels. Rows of
-    None, Sub and Up only: row by row, each a whole-row numpy operation. With Average or Paeth a
-    byte needs the decoded pixel on its left and the one above, so pixel (r, j) is decoded on the
-    anti-diagonal d = r + j, all of whose pixels are independent: h + w - 1 numpy steps."""
+    """Undo the row filters: lines (H, W, bpp) uint8 as stored, filters (H,) -> the pixels. None,
+    Sub and Up: a whole row per numpy step. Average and Paeth need the decoded pixels left and
+    above, so pixel (r, j) is decoded with its anti-diagonal d = r + j: h + w - 1 numpy steps."""
     h, w, bpp = lines.shape
-    px = np.zeros((h + 1, w + 1, bpp), np.uint8)    # row 0 and column 0: the zeros outside the image
+    px = np.zeros((h + 1, w + 1, bpp), np.uint8)    # row and column 0: the zeros outside the image
     if filters.max() <= 2:
         for r in range(h):
             f, line = filters[r], lines[r]
@@ -476,8 +460,7 @@ def make_grid(images, nrow=8, padding=2, pad_value=255):
 
 
 def save_grid(images, path, nrow=8, padding=2, caption=None, row_labels=None):
-    """make_grid, then (optionally) a label left of each row and a caption above, then save_image.
-    The grid itself stays pixel-exact: it is the bottom-right block of the picture."""
+    """make_grid, optional row labels (left) and caption (above), save_image; the grid is exact."""
     grid = make_grid(images, nrow=nrow, padding=padding)
     if row_labels:
         grid = label_rows(grid, row_labels, tile=images.shape[2] + padding, padding=padding)
@@ -485,8 +468,7 @@ def save_grid(images, path, nrow=8, padding=2, caption=None, row_labels=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Captions: one line of text (wrapped where the picture is narrow) above a picture, so that it
-# says what its rows and columns are; and labels beside the rows of a grid
+# Captions above a picture (saying what its rows and columns are), labels beside a grid's rows
 
 INK, PAPER = (0, 0, 0), 255
 
@@ -498,14 +480,13 @@ def wrap_text(text, chars):
         while len(word) > chars:
             lines += [word[:chars]]
             word = word[chars:]
-        lines[-1:] = [lines[-1] + " " + word] if lines[-1] and len(lines[-1]) + 1 + len(word) <= chars \
-            else ([lines[-1], word] if lines[-1] else [word])
+        lines[-1:] = ([lines[-1] + " " + word] if lines[-1] and len(lines[-1]) + len(word) < chars
+                      else [lines[-1], word] if lines[-1] else [word])
     return lines
 
 
 def add_caption(img, text):
-    """uint8 (3, H, W) -> (3, h + H, W): `text` in the 5x7 font on a white strip above the picture,
-    wrapped to its width (10 px per line, 6 px per character)."""
+    """uint8 (3, H, W) -> (3, h + H, W): `text` in the 5x7 font, wrapped, on a white strip above."""
     w = img.shape[2]
     lines = wrap_text(text, max(1, (w - 4) // 6))
     strip = np.full((10 * len(lines) + 4, w, 3), PAPER, np.uint8)
@@ -515,8 +496,7 @@ def add_caption(img, text):
 
 
 def label_rows(grid, labels, tile, padding):
-    """uint8 grid (3, H, W) from make_grid -> (3, H, m + W): labels[r] written left of row r,
-    vertically centred on it; tile = image height + padding (the row pitch)."""
+    """make_grid's (3, H, W) -> (3, H, m + W): labels[r] left of row r; tile: the row pitch."""
     m = 6 * max(len(t) for t in labels) + 4
     strip = np.full((grid.shape[1], m, 3), PAPER, np.uint8)
     for r, label in enumerate(labels):
@@ -527,42 +507,41 @@ def label_rows(grid, labels, tile, padding):
 # ----------------------------------------------------------------------------------------------
 # Charts: a line chart drawn into a uint8 canvas with a 5x7 bitmap font
 
-# Each glyph: 7 rows of 5 pixels ('#' = ink). Lower case is drawn with the upper-case glyphs.
-_FONT_SRC = {  # glyph rows, top to bottom, separated by "/"
-    "0": ".###./#...#/#..##/#.#.#/##..#/#...#/.###.", "1": "..#../.##../..#../..#../..#../..#../.###.",
-    "2": ".###./#...#/....#/...#./..#../.#.../#####", "3": "####./....#/....#/.###./....#/....#/####.",
-    "4": "...#./..##./.#.#./#..#./#####/...#./...#.", "5": "#####/#..../####./....#/....#/#...#/.###.",
-    "6": ".###./#..../#..../####./#...#/#...#/.###.", "7": "#####/....#/...#./..#../.#.../.#.../.#...",
-    "8": ".###./#...#/#...#/.###./#...#/#...#/.###.", "9": ".###./#...#/#...#/.####/....#/....#/.###.",
-    "A": ".###./#...#/#...#/#####/#...#/#...#/#...#", "B": "####./#...#/#...#/####./#...#/#...#/####.",
-    "C": ".###./#...#/#..../#..../#..../#...#/.###.", "D": "####./#...#/#...#/#...#/#...#/#...#/####.",
-    "E": "#####/#..../#..../####./#..../#..../#####", "F": "#####/#..../#..../####./#..../#..../#....",
-    "G": ".###./#...#/#..../#.###/#...#/#...#/.####", "H": "#...#/#...#/#...#/#####/#...#/#...#/#...#",
-    "I": ".###./..#../..#../..#../..#../..#../.###.", "J": "..###/...#./...#./...#./#..#./#..#./.##..",
-    "K": "#...#/#..#./#.#../##.../#.#../#..#./#...#", "L": "#..../#..../#..../#..../#..../#..../#####",
-    "M": "#...#/##.##/#.#.#/#.#.#/#...#/#...#/#...#", "N": "#...#/##..#/#.#.#/#..##/#...#/#...#/#...#",
-    "O": ".###./#...#/#...#/#...#/#...#/#...#/.###.", "P": "####./#...#/#...#/####./#..../#..../#....",
-    "Q": ".###./#...#/#...#/#...#/#.#.#/#..#./.##.#", "R": "####./#...#/#...#/####./#.#../#..#./#...#",
-    "S": ".####/#..../#..../.###./....#/....#/####.", "T": "#####/..#../..#../..#../..#../..#../..#..",
-    "U": "#...#/#...#/#...#/#...#/#...#/#...#/.###.", "V": "#...#/#...#/#...#/#...#/#...#/.#.#./..#..",
-    "W": "#...#/#...#/#...#/#.#.#/#.#.#/#.#.#/.#.#.", "X": "#...#/#...#/.#.#./..#../.#.#./#...#/#...#",
-    "Y": "#...#/#...#/.#.#./..#../..#../..#../..#..", "Z": "#####/....#/...#./..#../.#.../#..../#####",
-    ".": "...../...../...../...../...../.##../.##..", ",": "...../...../...../...../.##../..#../.#...",
-    "-": "...../...../...../#####/...../...../.....", "+": "...../..#../..#../#####/..#../..#../.....",
-    "(": "...#./..#../.#.../.#.../.#.../..#../...#.", ")": ".#.../..#../...#./...#./...#./..#../.#...",
-    "/": "....#/....#/...#./..#../.#.../#..../#....", ":": "...../.##../.##../...../.##../.##../.....",
-    "%": "##..#/##..#/...#./..#../.#.../#..##/#..##", "=": "...../...../#####/...../#####/...../.....",
-    "_": "...../...../...../...../...../...../#####", " ": "...../...../...../...../...../...../.....",
-    "^": "..#../.#.#./#...#/...../...../...../.....", "x": "...../...../#...#/.#.#./..#../.#.#./#...#",
-    "'": "..#../..#../...../...../...../...../.....", "*": "...../#.#.#/.###./#####/.###./#.#.#/.....",
-    "~": "...../...../.#..#/#.##./...../...../.....", ">": ".#.../..#../...#./....#/...#./..#../.#...",
-    "<": "...#./..#../.#.../#..../.#.../..#../...#.", "[": ".###./.#.../.#.../.#.../.#.../.#.../.###.",
-    "]": ".###./...#./...#./...#./...#./...#./.###.", "|": "..#../..#../..#../..#../..#../..#../..#..",
-    "?": ".###./#...#/....#/...#./..#../...../..#..", "!": "..#../..#../..#../..#../..#../...../..#..",
-    ";": "...../.##../.##../...../.##../..#../.#...", "#": ".#.#./.#.#./#####/.#.#./#####/.#.#./.#.#.",
+# Each glyph: its 7 rows of 5 pixels ('#' = ink), top to bottom. Lower case is drawn upper case.
+_FONT_SRC = {
+    "0": ".###.#...##..###.#.###..##...#.###.", "1": "..#...##....#....#....#....#...###.",
+    "2": ".###.#...#....#...#...#...#...#####", "3": "####.....#....#.###.....#....#####.",
+    "4": "...#...##..#.#.#..#.#####...#....#.", "5": "######....####.....#....##...#.###.",
+    "6": ".###.#....#....####.#...##...#.###.", "7": "#####....#...#...#...#....#....#...",
+    "8": ".###.#...##...#.###.#...##...#.###.", "9": ".###.#...##...#.####....#....#.###.",
+    "A": ".###.#...##...#######...##...##...#", "B": "####.#...##...#####.#...##...#####.",
+    "C": ".###.#...##....#....#....#...#.###.", "D": "####.#...##...##...##...##...#####.",
+    "E": "######....#....####.#....#....#####", "F": "######....#....####.#....#....#....",
+    "G": ".###.#...##....#.####...##...#.####", "H": "#...##...##...#######...##...##...#",
+    "I": ".###...#....#....#....#....#...###.", "J": "..###...#....#....#.#..#.#..#..##..",
+    "K": "#...##..#.#.#..##...#.#..#..#.#...#", "L": "#....#....#....#....#....#....#####",
+    "M": "#...###.###.#.##.#.##...##...##...#", "N": "#...###..##.#.##..###...##...##...#",
+    "O": ".###.#...##...##...##...##...#.###.", "P": "####.#...##...#####.#....#....#....",
+    "Q": ".###.#...##...##...##.#.##..#..##.#", "R": "####.#...##...#####.#.#..#..#.#...#",
+    "S": ".#####....#.....###.....#....#####.", "T": "#####..#....#....#....#....#....#..",
+    "U": "#...##...##...##...##...##...#.###.", "V": "#...##...##...##...##...#.#.#...#..",
+    "W": "#...##...##...##.#.##.#.##.#.#.#.#.", "X": "#...##...#.#.#...#...#.#.#...##...#",
+    "Y": "#...##...#.#.#...#....#....#....#..", "Z": "#####....#...#...#...#...#....#####",
+    ".": "..........................##...##..", ",": ".....................##....#...#...",
+    "-": "...............#####...............", "+": ".......#....#..#####..#....#.......",
+    "(": "...#...#...#....#....#.....#.....#.", ")": ".#.....#.....#....#....#...#...#...",
+    "/": "....#....#...#...#...#...#....#....", ":": "......##...##........##...##.......",
+    "%": "##..###..#...#...#...#...#..###..##", "=": "..........#####.....#####..........",
+    "_": "..............................#####", " ": "...................................",
+    "^": "..#...#.#.#...#....................", "x": "..........#...#.#.#...#...#.#.#...#",
+    "'": "..#....#...........................", "*": ".....#.#.#.###.#####.###.#.#.#.....",
+    "~": "...........#..##.##................", ">": ".#.....#.....#.....#...#...#...#...",
+    "<": "...#...#...#...#.....#.....#.....#.", "[": ".###..#....#....#....#....#....###.",
+    "]": ".###....#....#....#....#....#..###.", "|": "..#....#....#....#....#....#....#..",
+    "?": ".###.#...#....#...#...#.........#..", "!": "..#....#....#....#....#.........#..",
+    ";": "......##...##........##....#...#...", "#": ".#.#..#.#.#####.#.#.#####.#.#..#.#.",
 }
-_FONT = {k: np.array([[c == "#" for c in row] for row in v.split("/")], bool)
-         for k, v in _FONT_SRC.items()}  # each (7, 5)
+_FONT = {k: np.array([c == "#" for c in v], bool).reshape(7, 5) for k, v in _FONT_SRC.items()}
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14),
            (148, 103, 189), (23, 190, 207), (140, 86, 75), (127, 127, 127)]
 
@@ -570,7 +549,8 @@ PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14),
 def draw_text(canvas, x, y, text, color=(0, 0, 0), scale=1):
     """Stamp text into canvas (H, W, 3) uint8 with its top-left corner at (x, y)."""
     for ch in str(text):
-        glyph = _FONT.get(ch if ch in _FONT else ch.upper(), _FONT["."] if ch.strip() else _FONT[" "])
+        glyph = _FONT.get(ch if ch in _FONT else ch.upper(),
+                          _FONT["."] if ch.strip() else _FONT[" "])
         big = glyph.repeat(scale, 0).repeat(scale, 1)
         ys, xs = np.nonzero(big)
         ys, xs = ys + y, xs + x
@@ -633,29 +613,24 @@ def draw_chart(series, title="", xlabel="", ylabel="", log_y=False, width=480, h
     ally = np.concatenate([d[2][np.isfinite(d[2])] for d in data] or [np.zeros(0)])
     x0, x1 = (allx.min(), allx.max()) if allx.size else (0.0, 1.0)
     y0, y1 = (ally.min(), ally.max()) if ally.size else (0.0, 1.0)
-    if x1 == x0:
-        x0, x1 = x0 - 0.5, x1 + 0.5
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
+    x0, x1 = (x0 - 0.5, x1 + 0.5) if x1 == x0 else (x0, x1)
+    y0, y1 = (y0 - 0.5, y1 + 0.5) if y1 == y0 else (y0, y1)
     y0, y1 = y0 - 0.04 * (y1 - y0), y1 + 0.04 * (y1 - y0)  # a little air above and below
     px = lambda x: left + (x - x0) / (x1 - x0) * (pw - 1)      # data -> pixel coordinates
     py = lambda y: top + (y1 - y) / (y1 - y0) * (ph - 1)
     grey, dark = (225, 225, 225), (60, 60, 60)
-    if not log_y:
-        yt = [(t, t) for t in _nice_ticks(y0, y1)]  # (position, value shown)
-    else:  # decades where the range spans two or more, else round values between the ends
+    yt = [(t, t) for t in _nice_ticks(y0, y1)]  # (position, value shown)
+    if log_y:  # decades where the range spans two or more, else round values between the ends
         yt = [(float(t), 10.0 ** t) for t in range(int(np.ceil(y0)), int(np.floor(y1)) + 1)]
         if len(yt) < 2:
             yt = [(np.log10(v), v) for v in _nice_ticks(10 ** y0, 10 ** y1) if v > 0]
     for t, value in yt:
-        yy = int(round(py(t)))
+        yy, label = int(round(py(t))), _fmt_tick(value)
         canvas[yy, left:left + pw] = grey
-        label = _fmt_tick(value)
         draw_text(canvas, left - 6 * S * len(label) - 4 * S, yy - 3 * S, label, dark, S)
     for t in _nice_ticks(x0, x1):
-        xx = int(round(px(t)))
+        xx, label = int(round(px(t))), _fmt_tick(t)
         canvas[top:top + ph, xx] = grey
-        label = _fmt_tick(t)
         draw_text(canvas, xx - 3 * S * len(label), top + ph + 4 * S, label, dark, S)
     canvas[top:top + ph, left] = dark
     canvas[top + ph - 1, left:left + pw] = dark
@@ -666,8 +641,7 @@ def draw_chart(series, title="", xlabel="", ylabel="", log_y=False, width=480, h
                 _draw_line(canvas, px(xs[j]), py(ys[j]), px(xs[j + 1]), py(ys[j + 1]), color, S)
         if len(xs) == 1 and np.isfinite(ys[0]):  # a single point still shows
             _draw_line(canvas, px(xs[0]) - 2, py(ys[0]), px(xs[0]) + 2, py(ys[0]), color, 2 * S)
-    for i, (name, _, _) in enumerate(data):  # legend: the strip under the title, never on data
-        (lx, ly), color = legend_at[i], PALETTE[i % len(PALETTE)]
+        lx, ly = legend_at[i]                    # legend: the strip under the title, never on data
         canvas[ly + 2 * S: ly + 5 * S, lx: lx + 10 * S] = color
         draw_text(canvas, lx + 13 * S, ly, name, dark, S)
     title += "  (log scale)" if log_y else ""
@@ -687,7 +661,7 @@ def smooth(ys, k):
 
 
 def save_charts(path, charts, ncols=3, caption=None):
-    """Tile equally sized chart images (3, H, W) into one picture, ncols per row, a caption above."""
+    """Tile equally sized charts (3, H, W) into one picture, ncols per row, a caption above."""
     charts = list(charts)
     grid = make_grid(torch.stack(charts), nrow=min(ncols, len(charts)), padding=4)
     save_image(add_caption(grid, caption) if caption else grid, path)
@@ -721,13 +695,12 @@ def main(argv=None):
     print(f"{'total':>12} {len(train_y):7d} {len(test_y):7d}")
     # 8 examples of each class, one class per row, first ones in archive order
     picks = torch.cat([torch.nonzero(train_y == c).flatten()[:8] for c in range(10)])
-    save_grid(train_x[picks], args.out, nrow=8, caption="CIFAR-10 training images, the first 8 of each class",
-              row_labels=CLASSES)
+    save_grid(train_x[picks], args.out, nrow=8, row_labels=CLASSES,
+              caption="CIFAR-10 training images, the first 8 of each class")
     print(f"wrote {args.out} (rows: {', '.join(CLASSES)})")
 
 
 if __name__ == "__main__":
-    # The one-line error wrapper lives in runs.py, which imports this file as `data`: run that
-    # module's main, so that the DataError it raises is the very class runs.cli_main catches.
+    # runs.py imports this file as `data`: its main raises the DataError runs.cli_main catches
     import runs
     runs.cli_main(runs.data.main)

@@ -8,25 +8,16 @@ Run:
     python dcgan.py                                  # the study: 40 epochs, 10k subset, seed 42
     python dcgan.py --resume                         # continue runs/dcgan/checkpoint.pt exactly
     python dcgan.py --weights weights/dcgan.pt --out runs/dcgan_shipped   # the shipped G: pictures
-The README says what the pictures should look like and how long each run takes.
+The README explains the game and says what the pictures show and how long each run takes.
 
 Papers: Goodfellow et al. 2014 (the GAN game, the non-saturating G loss); Radford et al. 2016
 (DCGAN: N(0, 0.02) init, Adam 2e-4 with beta1 0.5, BatchNorm; sec. 5.1: a linear classifier on
-max-pooled D features).
-
-Model, the study's layer lists (4x4 kernels, stride 2, padding 1, z in R^100):
-    G: z -> Linear -> 4x4x128 -> ConvT 128 -> ConvT 64 (each + BN + ReLU) -> ConvT 3 + Tanh
-    D: x -> Conv 64 + LReLU(0.2) -> Conv 128 -> Conv 256 (each + BN + LReLU) -> Linear -> logit
-Losses: D minimises -[log D(x) + log(1 - D(G(z)))], G minimises -log D(G(z)), each term a mean over
-the batch (binary cross-entropy on logits). D(x) and D(G(z)) are shown as D's probability "real".
-The diversity and memorisation distances are L2 over the 3072 pixels in [-1, 1] (metrics.py).
-
-Outputs in --out (default runs/dcgan): checkpoint.pt (atomic, every epoch), history.json,
-metrics.json and four pictures (OUTPUTS). Same seed, device and thread count: the same numbers;
---resume of a killed run gives the weights of an uninterrupted one.
-
-Left out on purpose: FID / Inception Score (need a pretrained network; compare.py's business),
-label smoothing, feature matching and the other Salimans et al. tricks the study does not use.
+max-pooled D features). Losses: BCE on D's logits, batch means (d_loss_fn, g_loss_fn); D(x) and
+D(G(z)) are shown as D's probability "real"; distances are L2 over the 3072 pixels in [-1, 1].
+Outputs: OUTPUTS below, in --out (default runs/dcgan). Same seed, device and thread count: the
+same numbers; --resume of a killed run gives the weights of an uninterrupted one.
+Left out on purpose: FID and the Inception Score (compare.py's business: they need a pretrained
+network), label smoothing, feature matching and the other tricks the study does not use.
 """
 import json
 import math
@@ -34,7 +25,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,8 +33,7 @@ import data
 import metrics
 import runs
 
-# ==== Settings ================================================================================
-# Flags use the same names in kebab-case; the resolved config is printed and saved with results.
+# ==== Settings: flags use these names in kebab-case; the resolved config is saved with results ==
 EPOCHS = 40              # passes over the subset (the study: 40 epochs)
 SUBSET = 10_000          # training images, class-stratified: 1,000 per class (the study's subset)
 BATCH_SIZE = 128         # images per step; an epoch's last partial batch is dropped (see train)
@@ -61,6 +50,7 @@ N_DIVERSITY = 500        # generated / real / test images of the diversity and m
 MIN_DIVERSITY = 0.1      # below it the samples are near-copies of one image (see save_outputs)
 FEATURE_BATCH = 500      # images per forward pass when generating or extracting probe features
 HINT = "try a lower --lr-d/--lr-g"   # what the one-line stop at a non-finite loss advises
+STATS = ("d_loss", "g_loss", "D(x)", "D(G(z))")   # what train_step returns, in this order
 # Settings that define the experiment: --resume refuses a checkpoint made with different ones.
 RESUME_KEYS = ("subset", "batch_size", "seed", "width", "lr_d", "lr_g", "precision")
 
@@ -161,9 +151,8 @@ def g_loss_fn(logit_fake):
 
 # ==== One training step =======================================================================
 def train_step(G, D, opt_g, opt_d, x, z):
-    """One iteration of the GAN game on real images x (B, 3, 32, 32) and noise z (B, 100).
-    Returns the detached (d_loss, g_loss, D(x), D(G(z))) as one tensor, with no .item() (no GPU
-    sync)."""
+    """One iteration of the GAN game on real images x (B, 3, 32, 32) and noise z (B, 100). Returns
+    the detached (d_loss, g_loss, D(x), D(G(z))) as one tensor: no .item(), so no GPU sync."""
     fake = G(z)                                   # (B, 3, 32, 32); one G forward serves both steps
 
     # (1) Update D: maximise log D(x) + log(1 - D(G(z)))   [minimise d_loss]
@@ -208,16 +197,12 @@ def train_epoch(G, D, opt_g, opt_d, run, epoch, noise, cfg, step=train_step):
     t0 = time.perf_counter()
     for i, (x, _) in enumerate(run["batches"].epoch(epoch)):
         z = torch.randn(x.shape[0], Z_DIM, generator=noise).to(x.device)   # (B, 100)
-        stats.append(step(G_, D_, opt_g, opt_d, runs.memory_format(x, cfg), z))
+        with runs.autocast_scope(cfg):                                   # bf16: one per step
+            stats.append(step(G_, D_, opt_g, opt_d, runs.memory_format(x, cfg), z))
         if n and (i + 1) % n == 0:                                       # logging step: sync here
-            window = torch.stack(stats[-n:]).cpu()
-            runs.check_finite(window, epoch * steps + i + 1 - n, steps, cfg["out"],
-                              ("d_loss", "g_loss"), HINT)
-            m = window.mean(0).tolist()
-            print(f"  step {epoch * steps + i + 1:6d} | d_loss {m[0]:.3f} | g_loss {m[1]:.3f} | "
-                  f"D(x) {m[2]:.3f} | D(G(z)) {m[3]:.3f}")
+            runs.log_steps(stats[-n:], epoch * steps + i + 1, steps, cfg["out"], STATS, HINT)
     stats = torch.stack(stats).cpu()
-    runs.check_finite(stats, epoch * steps, steps, cfg["out"], ("d_loss", "g_loss"), HINT)
+    runs.check_finite(stats, epoch * steps, steps, cfg["out"], STATS[:2], HINT)
     return stats, time.perf_counter() - t0
 
 
@@ -244,7 +229,7 @@ def start(cfg, device, G, D, opt_g, opt_d, keys=RESUME_KEYS, defaults=None):
                    progress_rows=list(ckpt["progress_rows"]), train_seconds=ckpt["train_seconds"])
         print(f"resumed from {os.path.join(cfg['out'], 'checkpoint.pt')} at epoch {run['epoch']}")
     print(f"params G {runs.count_params(G):,}  D {runs.count_params(D):,} | device {device} | "
-          f"{len(run['batches'])} steps/epoch | lr_d {cfg['lr_d']:g} lr_g {cfg['lr_g']:g} | "
+          f"{len(batches)} steps/epoch | lr_d {cfg['lr_d']:g} lr_g {cfg['lr_g']:g} | "
           f"{runs.speed_line(cfg)}")
     return run
 
@@ -255,8 +240,8 @@ def end_epoch(run, cfg, epoch, stats, seconds, G, D, opt_g, opt_d, shown, extra=
     more entries). Returns the checkpoint dict."""
     steps, hist = len(run["batches"]), run["history"]
     run["train_seconds"] += seconds
-    generated = generate(shown, run["diversity_noise"])
-    diversity = metrics.mean_pairwise_distance(generated) / run["real_pairwise"]
+    diversity = metrics.mean_pairwise_distance(generate(shown, run["diversity_noise"])) / run[
+        "real_pairwise"]
     run["progress_rows"].append(data.to_uint8(generate(shown, run["fixed_noise"][:8])))
     m = stats.mean(0).tolist()
     hist["epochs"].append(dict(epoch=epoch + 1, seconds=round(seconds, 3), d_loss=m[0],
@@ -324,31 +309,30 @@ def probe_features(D, images_uint8, device):
 
 
 def evaluate_run(cfg, G, D, D0, device):
-    """The final figures of a trained run's G and D: the memorisation check (are samples nearer to
-    the training images than unseen test images are?) and, unless --no-probe, the linear probe on
-    D's features, trained and at its random init D0 (the same seed, never trained; Radford)."""
+    """The final figures of a trained G and D: the memorisation check (are samples nearer to the
+    training images than unseen test images are?) and, unless --no-probe, the linear probe on D's
+    features, trained and at its random init D0 (the same seed, never trained; Radford)."""
     train_x, train_y = data.load_subset(cfg)
     test_x, test_y = data.load_cifar10(cfg["data_dir"], train=False, download=False)
-    g = torch.Generator().manual_seed(cfg["seed"])
-    test_sample = data.to_float(test_x[torch.randperm(len(test_x), generator=g)[:N_DIVERSITY]])
-    diversity_noise = torch.randn(N_FIXED + N_DIVERSITY, Z_DIM,   # start's draw: the same 500 z
-                                  generator=torch.Generator().manual_seed(cfg["seed"]))[N_FIXED:]
-    nn_gen = metrics.mean_nearest_distance(generate(G, diversity_noise), train_x)
+    seeded = lambda: torch.Generator().manual_seed(cfg["seed"])
+    pick = torch.randperm(len(test_x), generator=seeded())[:N_DIVERSITY]
+    test_sample = data.to_float(test_x[pick])
+    z = torch.randn(N_FIXED + N_DIVERSITY, Z_DIM, generator=seeded())[N_FIXED:]   # start's 500 z
+    nn_gen = metrics.mean_nearest_distance(generate(G, z), train_x)
     nn_test = metrics.mean_nearest_distance(test_sample, train_x)
-    figures = dict(params_g=runs.count_params(G), params_d=runs.count_params(D), probe_acc=None,
-                   random_probe_acc=None, probe_l2=None, random_probe_l2=None, probe_gain=None,
+    figures = dict(params_g=runs.count_params(G), params_d=runs.count_params(D), **dict.fromkeys((
+                   "probe_acc", "random_probe_acc", "probe_l2", "random_probe_l2", "probe_gain")),
                    probe_dim=D.feature_dim, probe_train=len(train_x), probe_test=len(test_x),
                    real_pairwise_l2=real_diversity(train_x, cfg["seed"]),
                    nn_train_l2_generated=nn_gen, nn_train_l2_test=nn_test,
                    memorisation_ratio=nn_gen / nn_test)
     t0 = time.perf_counter()
-    if not cfg["no_probe"]:
+    if not cfg["no_probe"]:   # D's features, trained and at init, each made when its turn comes
         print(f"linear probes on the {D.feature_dim} D features (fitted on the training subset, "
               "scored on the test images):")
-        for name, net in (("probe", D), ("random_probe", D0)):
-            figures.update(metrics.probe_figures(name, probe_features(net, train_x, device),
-                                                 train_y, probe_features(net, test_x, device),
-                                                 test_y, cfg["seed"]))
+        figures.update(metrics.probes(((name, probe_features(net, train_x, device), probe_features(
+            net, test_x, device)) for name, net in (("probe", D), ("random_probe", D0))),
+            train_y, test_y, cfg["seed"]))
         figures["probe_gain"] = figures["probe_acc"] - figures["random_probe_acc"]
         print(f"  gain of training {figures['probe_gain']:+.4f}")
     figures["probe_seconds"] = time.perf_counter() - t0
@@ -374,7 +358,7 @@ def draw_samples(G, n, seed):
     return data.to_uint8(generate(G, z))
 
 
-def sample_images(checkpoint, n, seed, device="cpu"):
+def sample_images(checkpoint, n, seed, device="cpu"):   # compare.py's and --export's samples
     return draw_samples(load_trained(checkpoint, device)[0], n, seed)
 
 
@@ -389,20 +373,16 @@ def save_pictures(cfg, ckpt, G, labels=LABELS):
     out, hist, rows, name = cfg["out"], ckpt["history"], ckpt["progress_rows"], labels["G"]
     data.save_grid(draw_samples(G, N_FIXED, cfg["seed"]), os.path.join(out, "samples.png"), nrow=8,
                    caption=f"{name} for 64 fixed z ~ N(0, I) after {len(rows)} epochs")
-    pick = np.linspace(0, len(rows) - 1, min(PROGRESS_ROWS, len(rows))).round().astype(int)
-    pick = sorted(set(pick.tolist()))
+    pick = runs.shown_epochs(len(rows), PROGRESS_ROWS)
     data.save_grid(torch.cat([rows[i] for i in pick]), os.path.join(out, "progress.png"), nrow=8,
                    caption=f"{name} for the same 8 fixed z: one row per epoch",
                    row_labels=[f"ep {i + 1}" for i in pick])
-    t = torch.linspace(0, 1, 10).view(1, 10, 1)     # 8 rows: 10 steps from one fixed z to another
-    a, b = ckpt["fixed_noise"][0:16:2].unsqueeze(1), ckpt["fixed_noise"][1:16:2].unsqueeze(1)
-    z = ((1 - t) * a + t * b).reshape(-1, Z_DIM)                      # (80, 100)
+    z = runs.line_points(ckpt["fixed_noise"][0:16:2], ckpt["fixed_noise"][1:16:2], 10)   # (80, 100)
     data.save_grid(generate(G, z), os.path.join(out, "interpolations.png"), nrow=10,
                    caption=f"each row: {name} along the line between two fixed z, left to right")
-    steps = hist["steps"]
-    xs, k = [s["step"] for s in steps], max(1, min(50, len(steps) // 10))
+    steps, ep = hist["steps"], [e["epoch"] for e in hist["epochs"]]
+    xs, k = [s["step"] for s in steps], max(1, min(50, len(steps) // 10))   # k: steps per mean
     curve = lambda key: (xs, data.smooth([s[key] for s in steps], k))
-    ep = [e["epoch"] for e in hist["epochs"]]
     charts = [data.draw_chart({"D loss": curve("d_loss"), "G loss": curve("g_loss")},
                               title=f"losses, mean of {k} steps", xlabel="step",
                               ylabel=labels["units"].split(",")[0]),
@@ -417,77 +397,69 @@ def save_pictures(cfg, ckpt, G, labels=LABELS):
 
 
 def save_outputs(cfg, ckpt, figures, device, t_start, labels=LABELS):
-    """metrics.json: the last epoch's losses and diversity, then the final figures. Returns its
-    dict."""
+    """metrics.json: the last epoch's losses and diversity, the final figures. Returns its dict."""
     epochs, train_seconds = ckpt["history"]["epochs"], ckpt["train_seconds"]
-    last = epochs[-1]
+    last = epochs[-1]          # the last epoch's means: where training left the game
     out = dict(
         d_loss=last["d_loss"], g_loss=last["g_loss"], g_d_ratio=last["g_loss"] / last["d_loss"],
         d_x=last["d_x"], d_g_z=last["d_g_z"], diversity=last["diversity"], **figures,
         epochs=len(epochs), train_seconds=train_seconds, run_seconds=time.perf_counter() - t_start,
         seconds_per_epoch=train_seconds / len(epochs), **runs.run_record(cfg, device),
-        units=f"losses: {labels['units']}; d_x, d_g_z: D's mean {labels['output']}; "
-              "seconds: wall clock (train: training steps only; run: this call, resumed epochs "
-              "not included); distances: L2 over 3072 pixels scaled to [-1, 1]; diversity: "
-              "generated / real mean pairwise L2; memorisation_ratio: nearest-training-image L2 "
-              "of generated / of test images")
+        units=f"losses: {labels['units']}; d_x, d_g_z: D's mean {labels['output']}; seconds: "
+              "wall (train: training steps; run: this call); distances: L2 over 3072 pixels in "
+              "[-1, 1]; diversity: generated / real mean pairwise L2; memorisation_ratio: nearest-"
+              "training-image L2 of generated / of test images")
     data.write_json(os.path.join(cfg["out"], "metrics.json"), out)
     print(f"d_loss {last['d_loss']:.3f} | g_loss {last['g_loss']:.3f} | ratio g/d "
           f"{out['g_d_ratio']:.2f} | diversity {last['diversity']:.3f} | memorisation ratio "
           f"{out['memorisation_ratio']:.3f} | train {data.format_seconds(train_seconds)} | "
           f"outputs in {cfg['out']}")
-    if last["diversity"] < MIN_DIVERSITY:
+    if last["diversity"] < MIN_DIVERSITY:   # the figure above would mislead without this
         print(f"warning: diversity {last['diversity']:.3f} < {MIN_DIVERSITY}: the samples are "
               "near-copies of one image, so the memorisation ratio only says how far that image "
-              "is from the training set, nothing about copying; train longer (the quick look "
-              "of the docstring reaches ~0.9)")
+              "is from the training set; train longer (the quick look reaches ~0.9)")
     return out
 
 
 # ==== Command line ============================================================================
-EXAMPLES = ("python dcgan.py --epochs 5 --width 0.5 --no-probe --out runs/dcgan_quick  # quick look",
+EXAMPLES = ("python dcgan.py --epochs 5 --width 0.5 --no-probe --out runs/dcgan_quick  # a look",
             "python dcgan.py                                    # the study: 40 epochs, 10k images",
             "python dcgan.py --weights weights/dcgan.pt --out runs/dcgan_shipped  # the shipped G")
 OUTPUTS = ("checkpoint.pt   all it takes to --resume exactly (written atomically every epoch)",
-           "history.json    losses, D(x), D(G(z)) per step; diversity per epoch",
-           "metrics.json    the final figures, with their units",
+           "history.json    losses, D(x), D(G(z)) per step; diversity per epoch;  metrics.json  "
+           "the final figures, with their units",
            "samples.png, progress.png, interpolations.png, curves.png   captioned pictures")
 
 
-def add_flags(p):
-    """The plain DCGAN's own flags (dcgan_remedies.py adds its own after these)."""
+def add_flags(p):   # the plain DCGAN's own flags (dcgan_remedies.py adds its own after these)
     g = p.add_argument_group("the DCGAN")
     g.add_argument("--lr-d", type=float, default=None, help=f"D's Adam lr (unset: {LR:g})")
     g.add_argument("--lr-g", type=float, default=None, help=f"G's Adam lr (unset: {LR:g})")
     g.add_argument("--log-every", type=int, default=0, help="also log every N steps (0: per epoch)")
 
 
-def check_flags(a):
-    """Validate the plain DCGAN's flags (lr_d, lr_g already resolved); one ValueError each."""
+def check_flags(a):   # lr_d and lr_g resolved: the defaults filled in
     if a.log_every < 0:
         raise ValueError(f"--log-every must be >= 0, got {a.log_every}")
     for name, lr in (("--lr-d", a.lr_d), ("--lr-g", a.lr_g)):
         if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"--lr-d and --lr-g must be positive numbers, got {name} {lr}")
+            raise ValueError(f"{name} must be a positive number, got {lr}")
 
 
 def parse_args(argv=None):
-    """The DCGAN's flags, then the shared ones (runs.add_run_flags), validated before any work
-    starts (runs.cli_main prints a ValueError as one line, exit status 2). A remedy's flag is
-    answered with where it went (dcgan_remedies.py)."""
+    """The DCGAN's flags, then the shared ones (runs.add_run_flags), checked before any work starts
+    (runs.cli_main prints a ValueError as one line, exit 2); a remedy's flag: where it went."""
     p = runs.make_parser("The plain DCGAN on CIFAR-10 (the file's docstring explains it; the "
                          "remedies are in dcgan_remedies.py).", EXAMPLES, OUTPUTS)
     add_flags(p)
     runs.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
     a, unknown = p.parse_known_args(argv)
     if unknown:
-        raise ValueError(f"dcgan.py does not take {' '.join(unknown)}; it is the plain DCGAN: "
-                         "the remedies (--loss, --spectral-norm, --ttur, --minibatch-disc, "
-                         "--diffaugment, --ema, ...) are flags of dcgan_remedies.py, which takes "
-                         "every dcgan.py flag too")
+        raise ValueError(f"dcgan.py, the plain DCGAN, does not take {' '.join(unknown)}: the "
+                         "remedies (--loss, --spectral-norm, --ttur, --ema, ...) are flags of "
+                         "dcgan_remedies.py, which takes every dcgan.py flag too")
     a.script = "dcgan.py"     # saved with the config: which file's models and loop made the run
-    a.lr_d = LR if a.lr_d is None else a.lr_d
-    a.lr_g = LR if a.lr_g is None else a.lr_g
+    a.lr_d, a.lr_g = (LR if lr is None else lr for lr in (a.lr_d, a.lr_g))
     check_flags(a)
     runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
     return vars(a)
@@ -507,8 +479,7 @@ def main(argv=None):
     return save_outputs(cfg, ckpt, figures, device, t_start)    # metrics.json
 
 
-def pictures(cfg, ckpt, device):
-    """--weights FILE: the pictures of a shipped model (runs.other_mode)."""
+def pictures(cfg, ckpt, device):   # --weights FILE: a shipped model's pictures (runs.other_mode)
     save_pictures(cfg, ckpt, load_trained(ckpt, device)[0])
 
 

@@ -45,12 +45,14 @@ MBD_KERNEL_DIM = 5       # ... of C dimensions each (Salimans et al. 2016, their
 AUGMENTS = ("color", "translation", "cutout")  # DiffAugment's transforms (Zhao et al. 2020)
 TRANSLATE_FRAC = 0.125   # translation: up to 1/8 of the side (4 px on 32 x 32), zeros shifted in
 CUTOUT_FRAC = 0.5        # cutout: one square of half the side (16 x 16) set to 0
+SA_KEY_RATIO = 8         # --self-attention: f and g map C channels to C/8 (SAGAN's k = 8)
 # The settings --resume must find unchanged: the plain DCGAN's and the remedies'
 RESUME_KEYS = dcgan.RESUME_KEYS + ("spectral_norm", "minibatch_disc", "loss", "n_critic",
-                                   "gp_weight", "diffaugment", "ema")
+                                   "gp_weight", "diffaugment", "ema", "self_attention")
 # What a config saved before a remedy existed meant by it (checkpoints of older runs still load)
 OLD_CONFIGS = dict(loss="bce", n_critic=1, gp_weight=GP_WEIGHT, diffaugment=[], ema=0.0,
-                betas=list(dcgan.BETAS), precision="fp32", script="dcgan.py")
+                betas=list(dcgan.BETAS), precision="fp32", script="dcgan.py",
+                self_attention=False)
 
 
 def setting(cfg, key):
@@ -98,6 +100,14 @@ class Discriminator(dcgan.Discriminator):
         self.mbd = MinibatchDiscrimination(c3 * 16) if minibatch_disc else nn.Identity()
         self.fc = nn.Linear(c3 * 16 + (MBD_KERNELS if minibatch_disc else 0), 1)
         self.feature_dim = 16 * (c1 + c2 + c3)
+        self.attention = nn.Identity()   # --self-attention: add_self_attention puts the block here
+
+    def conv_layers(self, x):
+        """dcgan.Discriminator's, with the attention slot after conv1 (the probe's features too)."""
+        h1 = self.attention(F.leaky_relu(self.conv1(x), dcgan.LEAKY_SLOPE))   # (B, 64, 16, 16)
+        h2 = F.leaky_relu(self.bn2(self.conv2(h1)), dcgan.LEAKY_SLOPE)        # (B, 128, 8, 8)
+        h3 = F.leaky_relu(self.bn3(self.conv3(h2)), dcgan.LEAKY_SLOPE)        # (B, 256, 4, 4)
+        return h1, h2, h3
 
     def forward(self, x):
         f = self.mbd(self.conv_layers(x)[2].flatten(1))  # (B, 4096); --minibatch-disc (B, 4196)
@@ -112,16 +122,83 @@ def add_spectral_norm(D):
         nn.utils.parametrizations.spectral_norm(layer)
 
 
+# ==== Models: self-attention at 16 x 16 (--self-attention) ====================================
+class SelfAttention(nn.Module):
+    """Zhang et al. 2019 (SAGAN), sec. 3: each position of a feature map draws on every other, so
+    a distant part of the image can shape this one (a 4x4 conv sees only its neighbours). With
+    x (B, C, H, W), N = H * W positions x_i, and 1x1 convs f, g: C -> C/8 and h: C -> C:
+        s_ij = f(x_i)^T g(x_j),   beta_{j,i} = exp(s_ij) / sum_i exp(s_ij)    (softmax over i)
+        o_j = sum_i beta_{j,i} h(x_i),   y_j = gamma * o_j + x_j
+    gamma, a learnable scalar, starts at 0: the block starts as the identity and the net as the
+    plain one, and training opens it as far as it helps. The values keep all C channels, the form
+    of the paper's equations. SAGAN's official code instead sends them through C/2 channels and a
+    fourth 1x1 conv back to C, with keys and values max-pooled 2 x 2 (N/4 of them): savings for its
+    64 x 64 and 128 x 128 maps; at 16 x 16 the full 256 x 256 map is cheap, and three convs keep
+    the code on the equations. No biases, as in the official code: a bias of h passes the softmax
+    unchanged (its weights sum to 1), a constant the next layer's bias or BN absorbs."""
+
+    def __init__(self, channels):
+        super().__init__()
+        c_key = max(1, channels // SA_KEY_RATIO)
+        self.f = nn.Conv2d(channels, c_key, 1, bias=False)     # f(x_i): what position i offers
+        self.g = nn.Conv2d(channels, c_key, 1, bias=False)     # g(x_j): what position j looks for
+        self.h = nn.Conv2d(channels, channels, 1, bias=False)  # h(x_i): what i passes on
+        self.gamma = nn.Parameter(torch.zeros(()))             # 0: the block is the identity
+
+    def attention(self, x):
+        """beta (B, N, N), beta[:, j, i] = beta_{j,i}: the share of position i in output j; each
+        row sums to 1."""
+        f, g = self.f(x).flatten(2), self.g(x).flatten(2)      # (B, C/8, N) each, N = H * W
+        return torch.softmax(g.transpose(1, 2) @ f, dim=2)     # [:, j, i] = s_ij, softmax over i
+
+    def forward(self, x):                                      # x (B, C, H, W): (B, 64, 16, 16)
+        h = self.h(x).flatten(2)                               # (B, C, N)
+        o = h @ self.attention(x).transpose(1, 2)              # (B, C, N): sum_i beta_{j,i} h(x_i)
+        return self.gamma * o.view(x.shape) + x                # (B, C, H, W)
+
+
+class Generator(dcgan.Generator):
+    """dcgan.Generator (its layers, its init draws) with the attention slot after up2."""
+
+    def __init__(self, width=1.0):
+        super().__init__(width)
+        self.attention = nn.Identity()   # --self-attention: add_self_attention puts the block here
+
+    def forward(self, z):
+        h = F.relu(self.bn0(self.fc(z).view(-1, self.c1, 4, 4)))  # (B, 128, 4, 4)
+        h = F.relu(self.bn1(self.up1(h)))                          # (B, 128, 8, 8)
+        h = self.attention(F.relu(self.bn2(self.up2(h))))          # (B, 64, 16, 16)
+        return torch.tanh(self.up3(h))                             # (B, 3, 32, 32)
+
+
+def add_self_attention(G, D, spectral_norm):
+    """--self-attention: a SelfAttention block at 16 x 16 in G (after up2's BN + ReLU) and in D
+    (after conv1's LeakyReLU), 64 channels each at width 1. Made after every other layer is drawn,
+    initialised and spectral-normed, so those hold the very weights of the run without it, which
+    (gamma = 0) this run starts as, output for output. Its convs from N(0, 0.02), as every layer
+    here (Radford et al.). With --spectral-norm, D's f, g, h are normalised too, as SAGAN does in
+    every layer; G's are not, as --spectral-norm leaves all of G (SAGAN normalises G too). gamma
+    stays free, so the bound covers the block's convs, not the block."""
+    G.attention = SelfAttention(G.bn2.num_features)
+    D.attention = SelfAttention(D.conv1.out_channels)
+    G.attention.apply(dcgan.init_weights), D.attention.apply(dcgan.init_weights)
+    if spectral_norm:
+        for conv in (D.attention.f, D.attention.g, D.attention.h):
+            nn.utils.parametrizations.spectral_norm(conv)
+
+
 def build_models(cfg, device="cpu"):
     """dcgan.build_models with the remedies' D: the same seed, the same draws in the same order."""
     torch.manual_seed(cfg["seed"])
-    G = dcgan.Generator(cfg["width"])
+    G = Generator(cfg["width"])
     batchnorm = not (cfg["spectral_norm"] or loss_of(cfg).penalty)
     D = Discriminator(cfg["width"], batchnorm, cfg["minibatch_disc"])
     G.apply(dcgan.init_weights)
     D.apply(dcgan.init_weights)
     if cfg["spectral_norm"]:
         add_spectral_norm(D)            # after the init, so the init touches the raw weights
+    if setting(cfg, "self_attention"):
+        add_self_attention(G, D, cfg["spectral_norm"])   # last: the other draws as without it
     return runs.to_device(G, cfg, device), runs.to_device(D, cfg, device)
 
 
@@ -175,6 +252,7 @@ def gradient_penalty(D, real, fake, alpha):
     not over one axis (a common bug). create_graph: the penalty's own gradient must reach D's
     weights. fake comes detached: the penalty never moves G."""
     xhat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    torch.clear_autocast_cache()   # --precision bf16: D's weights cast anew for the penalty's pass
     grad, = torch.autograd.grad(D(xhat).sum(), xhat, create_graph=True)   # (B, 3, 32, 32)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
@@ -297,7 +375,8 @@ def optimisers(G, D, cfg):
 
 def remedies(cfg):
     """The start line's list of what this run adds to the study's plain DCGAN, or 'none'."""
-    on = [s.replace("_", " ") for s in ("spectral_norm", "ttur", "minibatch_disc") if cfg[s]]
+    on = [s.replace("_", " ") for s in ("spectral_norm", "ttur", "minibatch_disc",
+                                        "self_attention") if cfg[s]]
     on += [f"{cfg['n_critic']} D steps per G step"] if cfg["n_critic"] > 1 else []
     on += [f"gradient penalty lambda {cfg['gp_weight']:g}"] if loss_of(cfg).penalty else []
     on += [f"diffaugment {','.join(cfg['diffaugment'])}"] if cfg["diffaugment"] else []
@@ -375,6 +454,9 @@ def parse_args(argv=None):
                    help="Yazici et al. 2019: decay of an average of G's weights, in [0, 1) (0: "
                         "off; at the study's 3,120 G steps the record measured 0.99 a gain, 0.999 "
                         "worse); pictures and figures then come from it")
+    r.add_argument("--self-attention", action="store_true",
+                   help="Zhang et al. 2019 (SAGAN): an attention block at 16 x 16 in G and in D, "
+                        "its output scale gamma from 0 (the run starts as the one without it)")
     runs.add_run_flags(p, epochs=dcgan.EPOCHS, subset=dcgan.SUBSET, batch_size=dcgan.BATCH_SIZE,
                        seed=dcgan.SEED, out=dcgan.OUT)
     a = p.parse_args(argv)

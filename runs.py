@@ -1,25 +1,31 @@
-"""runs.py -- the plumbing every training script shares (vae.py, dcgan.py, vaegan.py), written once
-so the scripts cannot drift apart. Read it on a second pass: the models and their training loops
-are in the model files; nothing here is about VAEs or GANs.
+"""runs.py -- the plumbing every training script shares (vae.py, dcgan.py, dcgan_remedies.py,
+vaegan.py), written once so the scripts cannot drift apart. Read it on a second pass: the models,
+their steps and loops are in the model files; nothing here is about VAEs or GANs.
 
 What is here, in order:
   the command line   one parser per script with --help grouped and an epilog of examples
                      (make_parser), the 19 flags every script shares and their checks
                      (add_run_flags, check_run_flags), and one-line errors (cli_main: a bad flag,
                      missing data or a diverging run is one line on stderr and exit status 2)
-  device and speed   the device, CPU threads, deterministic kernels (setup_run); --precision
-                     bf16 as an autocast context (autocast)
+  device and speed   the device, CPU threads, deterministic kernels (setup_run); --precision bf16
+                     from outside the steps: a net seen through Autocast (mixed_precision); NHWC
+                     memory (to_device, memory_format)
   checkpoints        written atomically (temp file, then rename), read back with weights_only,
-                     refused in one line when their settings differ (load_checkpoint, --resume)
+                     refused in one line when their settings differ or their shape is wrong
+                     (load_checkpoint, resume_checkpoint, check_checkpoint); older checkpoints'
+                     settings and keys filled in (OLD_CONFIGS)
   seeds and batches  the seed of every random draw, a pure function of (seed, purpose, epoch), so
                      a resumed run draws exactly what an uninterrupted one would (noise_seed); the
                      subset as one uint8 tensor on the device, sliced into batches (Batches)
   the stop           at the first non-finite loss, before anything of that epoch is saved
-                     (check_finite)
+                     (check_finite, log_steps)
   --bench            an epoch of our loop against the pytorch/examples DataLoader tutorial loop,
-                     steps taken in turn (bench, time_loops, tutorial_vae_step, tutorial_gan_step)
-  provenance         the settings in which a saved config differs from the one asked for
-                     (config_differences: compare.py --reuse), the code's commit (git_commit)
+                     steps taken in turn (bench, bench_step, time_loops, tutorial_*_step)
+  other modes        --bench, --export and --weights instead of training (other_mode); a run's
+                     checkpoint as a shipped weights file (save_weights, read_weights)
+  provenance         what made a run: config, commit, clean tree, a hash of the code it imported,
+                     the data archive's md5 (provenance, code_files, code_sha256, data_md5); the
+                     settings in which a saved config differs (config_differences: --reuse)
   --export           a finished run's images, for other tools: an .npz (uint8, NHWC, key
                      "images") or one PNG per image (export, export_images, check_export_count)
 
@@ -30,6 +36,7 @@ import ast
 import contextlib
 import hashlib
 import io
+import json
 import math
 import os
 import subprocess
@@ -117,7 +124,8 @@ def add_run_flags(p, epochs, subset, batch_size, seed, out):
     p.add_argument("--export", nargs=2, metavar=("N", "PATH"), default=None,
                    help="write N images of the finished run in OUT (its checkpoint) to PATH, then exit: "
                    "PATH.npz (uint8, NHWC, key 'images') or, when PATH ends in /, one PNG per image; "
-                   "the very images compare.py scores (noise seed metrics.EVAL_SEED)")
+                   "the very images compare.py scores (noise seed metrics.EVAL_SEED); N at most "
+                   "50,000; a PNG folder that already holds .png files is refused: name a new one")
     p.add_argument("--weights", metavar="FILE", default=None, help="no training: draw the pictures "
                    "of a trained model file (weights/vae.pt, weights/dcgan.pt) into --out, in seconds "
                    "and without the dataset; with --export, that model's images")
@@ -235,6 +243,17 @@ class Autocast(torch.nn.Module):
             return getattr(self.net, name)
 
 
+def autocast_scope(cfg):
+    """--precision bf16: a context around one whole training step, inside which each Autocast
+    forward opens its own region. It keeps autocast's cache of bf16 weight casts for the whole
+    step (PyTorch clears it only when the outermost region ends), so D's two forwards of step (1)
+    share one cast of its weights, as they did in one region; a frozen D (step 2) is never cached,
+    so it sees its updated weights. fp32: a context that does nothing."""
+    if cfg.get("precision", "fp32") != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", enabled=False)   # any device: the nesting count is shared
+
+
 def mixed_precision(net, cfg):
     """The net a training step calls: the net itself (fp32), or Autocast(net) for --precision bf16."""
     return Autocast(net, cfg) if cfg.get("precision", "fp32") == "bf16" else net
@@ -300,10 +319,14 @@ def load_checkpoint(path, hint, config=None, same_keys=(), defaults=None):
     defaults: what a key missing from an older checkpoint's config meant (a setting added since)."""
     if not os.path.exists(path):
         raise ValueError(f"no checkpoint at {path}; {hint}")
+    data.regular_file(path, "checkpoint")           # a FIFO or device would hang torch.load
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torn by hand, not a torch file, or holding objects weights_only refuses
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); {hint}") from None
+    ckpt = check_checkpoint(ckpt, path)
+    if "metrics" in ckpt and "history" not in ckpt:   # older vae.py/vaegan.py: the same history
+        ckpt["history"] = ckpt.pop("metrics")
     for k in same_keys:
         saved = ckpt["config"].get(k, (defaults or {}).get(k))
         if saved != config[k]:
@@ -383,6 +406,27 @@ def check_finite(stats, first_step, steps_per_epoch, out, names, hint):
 def channels(base, width):
     """Channel count after the --width multiplier (at least 1)."""
     return max(1, int(round(base * width)))
+
+
+def log_steps(window, last_step, steps_per_epoch, out, names, hint):
+    """--log-every: one line of the means of the last steps' figures (a list of (k,) tensors, their
+    names in `names`, the first two losses), stopping first at a non-finite loss (check_finite)."""
+    window = torch.stack(window).cpu()
+    check_finite(window, last_step - len(window), steps_per_epoch, out, names[:2], hint)
+    print(f"  step {last_step:6d} | " + " | ".join(f"{k} {v:.3f}" for k, v in
+                                                   zip(names, window.mean(0).tolist())))
+
+
+def line_points(za, zb, steps):
+    """Interpolation: (k, d) start and end points -> (k * steps, d), `steps` evenly spaced points
+    on each straight line from za[i] to zb[i], both ends included."""
+    t = torch.linspace(0, 1, steps).view(1, -1, 1)
+    return ((1 - t) * za.unsqueeze(1) + t * zb.unsqueeze(1)).flatten(0, 1)
+
+
+def shown_epochs(n, most):
+    """Indices of at most `most` of n epochs, evenly spread, the first and last always."""
+    return sorted(set(np.linspace(0, n - 1, min(most, n)).round().astype(int).tolist()))
 
 
 def count_params(model):
@@ -564,11 +608,20 @@ def other_mode(cfg, device, model_file):
 WEIGHT_KEYS_DROPPED = ("opt_g", "opt_d", "optimizer", "opt_vae", "torch_rng", "rng")  # resume-only
 
 
-def save_weights(checkpoint, dest):
+def save_weights(checkpoint, dest, data_dir="data"):
     """A finished run's checkpoint.pt as a weights file (weights/): its models in float32, config,
-    history, commit, provenance; not the optimiser states, which only --resume needs."""
+    history and provenance (the commit that trained it, from its metrics.json, and the md5 of the
+    data archive), not the optimiser states, which only --resume needs. Used as
+    python -c "import runs; runs.save_weights('runs/vae/checkpoint.pt', 'weights/vae.pt')" """
     ckpt = load_checkpoint(checkpoint, "train the run first")
-    atomic_torch_save({k: v for k, v in ckpt.items() if k not in WEIGHT_KEYS_DROPPED}, dest)
+    with open(os.path.join(os.path.dirname(checkpoint), "metrics.json")) as f:
+        finished = json.load(f)          # a run's metrics.json: it finished, and by which commit
+    prov = dict(ckpt.get("provenance") or {}, commit=finished.get("commit"))
+    prov.setdefault("data_md5", data_md5(data_dir))
+    floats = lambda sd: {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    atomic_torch_save({k: floats(v) if k in ("G", "D", "G_ema", "model") else v
+                       for k, v in ckpt.items() if k not in WEIGHT_KEYS_DROPPED} | {"provenance": prov},
+                      dest)
 
 
 def read_weights(path, script):

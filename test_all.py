@@ -21,13 +21,18 @@ import os
 import pickle
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
+import tracemalloc
 import unittest
 import warnings
+import zipfile
 import zlib
 from unittest import mock
 
@@ -434,6 +439,9 @@ class TestData(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, r"not a readable checkpoint \(\w+\); start afresh"):
             runs.load_checkpoint(path, "start afresh")
         runs.atomic_torch_save({"config": {"seed": 1, "lr": 0.1}, "w": torch.ones(2)}, path)
+        with self.assertRaisesRegex(ValueError, "not a checkpoint of this project"):   # no epoch
+            runs.load_checkpoint(path, "x")
+        runs.atomic_torch_save({"config": {"seed": 1, "lr": 0.1}, "epoch": 1, "w": torch.ones(2)}, path)
         with self.assertRaisesRegex(ValueError, "made with seed=1, this run has 2"):
             runs.load_checkpoint(path, "x", {"seed": 2, "lr": 0.1}, ("lr", "seed"))
         ck = runs.load_checkpoint(path, "x", {"seed": 1, "lr": 0.5}, ("seed",))  # lr not compared
@@ -561,6 +569,11 @@ def _vae_load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _vae_load_json(out):
+    with open(os.path.join(out, "metrics.json")) as f:
+        return json.load(f)
+
+
 class TestMixedPrecision(OneThread):
     """--precision bf16: what runs in bfloat16 inside a training step, and what stays float32."""
 
@@ -612,6 +625,46 @@ class TestMixedPrecision(OneThread):
         self.assertEqual(out.dtype, torch.float32)
         self.assertTrue(torch.isfinite(out).all())
         self.check_float32_state([G, D], [opt_g, opt_d])
+
+    def test_precision_from_outside_equals_autocast_regions_inside_the_step(self):
+        # The step as it was written with autocast regions inside it (G's forward in one, D's two
+        # forwards of step (1) in one, D's forward of step (2) in one, losses from float32):
+        # runs.mixed_precision and runs.autocast_scope around the plain train_step give the
+        # very same weights, to the bit, so the record's bf16 runs keep their figures.
+        cfg = dict(_dcgan_cfg(width=0.25), precision="bf16", lr_d=2e-4, lr_g=2e-4)
+        amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+
+        def inside(G, D, opt_g, opt_d, x, z):
+            with amp():
+                fake = G(z).float()
+            with amp():
+                logit_real, logit_fake = D(x).float(), D(fake.detach()).float()
+            d_loss = dcgan.d_loss_fn(logit_real, logit_fake)
+            opt_d.zero_grad(set_to_none=True), d_loss.backward(), opt_d.step()
+            D.requires_grad_(False)
+            with amp():
+                logit = D(fake).float()
+            g_loss = dcgan.g_loss_fn(logit)
+            opt_g.zero_grad(set_to_none=True), g_loss.backward(), opt_g.step()
+            D.requires_grad_(True)
+
+        results = []
+        for outside in (False, True):
+            G, D = dcgan.build_models(cfg)
+            opt_g, opt_d = dcgan.optimisers(G, D, cfg)
+            g = torch.Generator().manual_seed(0)
+            for _ in range(3):
+                x, z = torch.rand(8, 3, 32, 32, generator=g) * 2 - 1, torch.randn(8, 100, generator=g)
+                if outside:
+                    with runs.autocast_scope(cfg):
+                        dcgan.train_step(runs.mixed_precision(G, cfg), runs.mixed_precision(D, cfg),
+                                         opt_g, opt_d, x, z)
+                else:
+                    inside(G, D, opt_g, opt_d, x, z)
+            results.append({**G.state_dict(), **{"D." + k: v for k, v in D.state_dict().items()}})
+        for k, v in results[0].items():
+            self.assertTrue(torch.equal(v, results[1][k]), k)
+        self.assertIs(runs.mixed_precision(G, {"precision": "fp32"}), G)    # fp32: the net itself
 
     def test_emulated_bf16_is_said_at_start(self):
         cfg = dict(device="cpu", threads=0, precision="bf16")
@@ -715,18 +768,18 @@ class TestVAERun(OneThread):
         for f in ("checkpoint.pt", "history.json", "metrics.json", "latents.npz", "reconstructions.png",
                   "interpolations.png", "samples.png", "curves.png"):
             self.assertTrue(os.path.getsize(os.path.join(out, f)) > 0, f)
-        for k in ("test_elbo", "test_recon", "test_kl", "probe_acc", "pixel_probe_acc", "random_probe_acc",
+        for k in ("test_neg_elbo", "test_recon", "test_kl", "probe_acc", "pixel_probe_acc", "random_probe_acc",
                   "conv_probe_acc", "random_conv_probe_acc", "params", "train_seconds", "total_seconds",
                   "device", "torch", "seed", "config"):
             self.assertIn(k, m)
-        self.assertAlmostEqual(m["test_elbo"], m["test_recon"] + m["test_kl"], places=6)
+        self.assertAlmostEqual(m["test_neg_elbo"], m["test_recon"] + m["test_kl"], places=6)
         self.assertEqual((m["probe_dim"], m["pixel_probe_dim"], m["conv_probe_dim"]), (64, 3072, 2048))
         with open(os.path.join(out, "metrics.json")) as f:
             self.assertEqual(json.load(f)["params"], 726_787)
         with open(os.path.join(out, "history.json")) as f:
             h = json.load(f)["epochs"]
         self.assertEqual(len(h), 1)
-        for k in ("epoch", "seconds", "beta", "train_elbo", "train_recon", "train_kl", "test_elbo",
+        for k in ("epoch", "seconds", "beta", "train_neg_elbo", "train_recon", "train_kl", "test_neg_elbo",
                   "test_recon", "test_kl"):
             self.assertIn(k, h[0])
         z = np.load(os.path.join(out, "latents.npz"))
@@ -735,8 +788,50 @@ class TestVAERun(OneThread):
         with open(os.path.join(out, "samples.png"), "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         ck = _vae_load(os.path.join(out, "checkpoint.pt"))
-        for k in ("model", "optimizer", "config", "epoch", "metrics", "rng"):
+        for k in ("model", "optimizer", "config", "epoch", "history", "progress_rows", "provenance"):
             self.assertIn(k, ck)
+
+    def test_progress_plane_and_weights_without_the_data(self):
+        _vae_run(self.root, "plane", "--epochs", "2", "--latent-dim", "2")
+        out = os.path.join(self.root, "plane")
+        for name in ("progress.png", "plane.png"):
+            png = decode_png(read_bytes(os.path.join(out, name)))
+            self.assertTrue((png[:10] < 128).any(), name)                    # captioned
+        ck = _vae_load(os.path.join(out, "checkpoint.pt"))
+        self.assertEqual(len(ck["progress_rows"]), 2)                        # one row per epoch
+        rows = torch.cat(ck["progress_rows"])
+        png = decode_png(read_bytes(os.path.join(out, "progress.png")))
+        grid = data.make_grid(rows, nrow=8).permute(1, 2, 0).numpy()
+        self.assertTrue(np.array_equal(png[-grid.shape[0]:, -grid.shape[1]:], grid))   # below: rows
+        model = vae.load_trained(ck, "cpu")
+        test_x, _ = data.load_cifar10(os.path.join(self.root, "data"), train=False, download=False)
+        self.assertTrue(torch.equal(vae.reconstruct(model, test_x[:8]), ck["progress_rows"][-1]))
+        # a weights file: the run without optimiser states, its pictures drawn with no dataset
+        path = os.path.join(self.root, "plane.pt")
+        runs.save_weights(os.path.join(out, "checkpoint.pt"), path, os.path.join(self.root, "data"))
+        w = torch.load(path, weights_only=True)
+        self.assertNotIn("optimizer", w)
+        self.assertEqual(w["provenance"]["commit"], _vae_load_json(out)["commit"])
+        drawn = os.path.join(self.root, "drawn")
+        code, err = cli_exit(vae.main, ["--weights", path, "--out", drawn, "--data-dir",
+                                        os.path.join(self.root, "nothing_here")])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(os.listdir(drawn)), ["curves.png", "interpolations.png",
+                                                     "plane.png", "samples.png"])
+        self.assertTrue(torch.equal(vae.sample_images(w, 64, 42),
+                                    vae.sample_images(ck, 64, 42)))        # the same model
+        # wrong files: one line, exit 2
+        junk = os.path.join(self.root, "junk.pt")
+        with open(junk, "wb") as f:
+            f.write(b"not a torch file")
+        for bad, says in ((os.path.join(self.root, "missing.pt"), "no file"), (junk, "not a readable"),
+                          (os.path.join(self.root, "data"), "not a regular file")):
+            code, err = cli_exit(vae.main, ["--weights", bad, "--out", drawn])
+            self.assertEqual(code, 2, bad)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+        code, err = cli_exit(dcgan.main, ["--weights", path, "--out", drawn])   # the other model's
+        self.assertEqual(code, 2)
+        self.assertIn("not of dcgan.py", err)
 
     def _assert_same_run(self, a, b):
         ca = _vae_load(os.path.join(self.root, a, "checkpoint.pt"))
@@ -750,7 +845,7 @@ class TestVAERun(OneThread):
                 self.assertTrue(torch.equal(sa[i][k], sb[i][k]))
         def drop_times(h):   # everything in the history but the wall times
             return [{k: v for k, v in e.items() if k not in ("seconds", "eval_seconds")} for e in h["epochs"]]
-        self.assertEqual(drop_times(ca["metrics"]), drop_times(cb["metrics"]))
+        self.assertEqual(drop_times(ca["history"]), drop_times(cb["history"]))
 
     def test_resume_one_more_epoch_equals_two_straight(self):
         # with the speed option off (the tests must pass without it); the other runs have it on
@@ -766,8 +861,8 @@ class TestVAERun(OneThread):
         self._assert_same_run("bf_straight", "bf_resumed")
         self.assertEqual((m["precision"], m["config"]["precision"]), ("bf16", "bf16"))
         f32 = _vae_run(self.root, "bf_fp32", "--epochs", "2")
-        self.assertNotEqual(m["test_elbo"], f32["test_elbo"])          # autocast really changed the sums
-        self.assertLess(abs(m["test_elbo"] - f32["test_elbo"]), 0.05 * f32["test_elbo"])
+        self.assertNotEqual(m["test_neg_elbo"], f32["test_neg_elbo"])          # autocast really changed the sums
+        self.assertLess(abs(m["test_neg_elbo"] - f32["test_neg_elbo"]), 0.05 * f32["test_neg_elbo"])
         code, err = cli_exit(vae.main, _VAE_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
                                                     os.path.join(self.root, "bf_fp32"), "--resume", "--epochs", "3"])
         self.assertEqual(code, 0, err)                                  # fp32 resumes as fp32 ...
@@ -892,7 +987,8 @@ class TestVAERun(OneThread):
             self.assertTrue(np.array_equal(tile(0), test_x[2 * k].permute(1, 2, 0).numpy()), k)
             self.assertTrue(np.array_equal(tile(9), test_x[2 * k + 1].permute(1, 2, 0).numpy()), k)
         # compare.py scores exactly these images
-        with mock.patch.object(compare, "load_checkpoint", lambda run_dir: ck):
+        reader = "read_run_checkpoint"
+        with mock.patch.object(compare, reader, lambda run_dir: ck):
             sets = compare.run_images("vae", out, test_x, 10, "cpu")
         self.assertTrue(torch.equal(sets["samples"], vae.sample_images(ck, 10, compare.EVAL_SEED)))
         self.assertTrue(torch.equal(sets["reconstructions"], vae.reconstruct_images(ck, test_x[:10])))
@@ -905,7 +1001,7 @@ class TestVAERun(OneThread):
             m = _vae_run(self.root, "mps_like", "--epochs", "1")
             ck = _vae_load(os.path.join(self.root, "mps_like", "checkpoint.pt"))
             vae.sample_images(ck, 3, 0), vae.reconstruct_images(ck, torch.zeros(3, 3, 32, 32, dtype=torch.uint8))
-        self.assertTrue(math.isfinite(m["test_elbo"]))
+        self.assertTrue(math.isfinite(m["test_neg_elbo"]))
         with self.assertRaises(TypeError):        # the guard is real: the old .double() on the device
             (on_device(vae.VAE()).decode(torch.zeros(1, 64)) - 1).double()
 
@@ -919,10 +1015,15 @@ def _dcgan_cfg(**kw):
     return cfg
 
 
-def _dcgan_run(argv):
-    """dcgan.main(argv) with its progress lines (and the synthetic archive's md5 warning) swallowed."""
+def _dcgan_run(argv, main=None):
+    """dcgan.main(argv) (or dcgan_remedies.main) with its progress lines (and the synthetic
+    archive's md5 warning) swallowed."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return dcgan.main(argv)
+        return (main or dcgan.main)(argv)
+
+
+def _rd_run(argv):
+    return _dcgan_run(argv, rd.main)
 
 
 class TestDcganModel(OneThread):
@@ -1268,8 +1369,8 @@ class TestDcganRun(OneThread):
         self.assertEqual(m["probe_dim"], 16 * (16 + 32 + 64))
 
     def test_all_stabilisers_run(self):
-        _dcgan_run(self.argv("stab", "--spectral-norm", "--ttur", "--minibatch-disc", "--no-probe",
-                             "--log-every", "1"))
+        _rd_run(self.argv("stab", "--spectral-norm", "--ttur", "--minibatch-disc", "--no-probe",
+                          "--log-every", "1"))
         m = self.check_outputs("stab", 2, probe=False)
         self.assertIsNone(m["probe_acc"])
         ckpt = torch.load(os.path.join(self.tmp, "stab", "checkpoint.pt"), weights_only=False)
@@ -1283,10 +1384,10 @@ class TestDcganRun(OneThread):
         # resumed run equals a straight one, averaged G included; pictures come from the EMA G.
         extra = ("--no-probe", "--loss", "wgan-gp", "--n-critic", "2", "--diffaugment",
                  "color,translation,cutout", "--ema", "0.9")
-        _dcgan_run(self.argv("rem_straight", *extra))
+        _rd_run(self.argv("rem_straight", *extra))
         m = self.check_outputs("rem_straight", 2, probe=False)
-        _dcgan_run(self.argv("rem_split", *extra, epochs=1))
-        _dcgan_run(self.argv("rem_split", *extra, "--resume"))
+        _rd_run(self.argv("rem_split", *extra, epochs=1))
+        _rd_run(self.argv("rem_split", *extra, "--resume"))
         a, b = (torch.load(os.path.join(self.tmp, d, "checkpoint.pt"), weights_only=False)
                 for d in ("rem_straight", "rem_split"))
         for net in ("G", "D", "G_ema"):
@@ -1295,15 +1396,17 @@ class TestDcganRun(OneThread):
         self.assertFalse(all(torch.equal(v, a["G_ema"][k]) for k, v in a["G"].items()))   # averaged != raw
         self.assertEqual(a["opt_d"]["param_groups"][0]["lr"], 1e-4)                        # WGAN-GP's Adam
         self.assertEqual(a["opt_d"]["param_groups"][0]["betas"], (0.5, 0.9))
-        G = dcgan.load_trained(a, "cpu")[0]
+        G = rd.load_trained(a, "cpu")[0]
         self.assertTrue(all(torch.equal(v, a["G_ema"][k]) for k, v in G.state_dict().items()))
+        with self.assertRaisesRegex(ValueError, "dcgan_remedies.py"):   # not the plain DCGAN's
+            dcgan.load_trained(a, "cpu")
         self.assertEqual(m["config"]["diffaugment"], ["color", "translation", "cutout"])
 
     def test_bf16_run_resumes_exactly(self):
         extra = ("--no-probe", "--precision", "bf16", "--loss", "wgan-gp", "--n-critic", "2")
-        m = _dcgan_run(self.argv("bf_straight", *extra))
-        _dcgan_run(self.argv("bf_split", *extra, epochs=1))
-        _dcgan_run(self.argv("bf_split", *extra, "--resume"))
+        m = _rd_run(self.argv("bf_straight", *extra))
+        _rd_run(self.argv("bf_split", *extra, epochs=1))
+        _rd_run(self.argv("bf_split", *extra, "--resume"))
         a, b = (torch.load(os.path.join(self.tmp, d, "checkpoint.pt"), weights_only=False)
                 for d in ("bf_straight", "bf_split"))
         for net in ("G", "D"):
@@ -1313,14 +1416,39 @@ class TestDcganRun(OneThread):
         self.assertEqual(m["precision"], "bf16")
 
     def test_old_checkpoints_without_the_new_settings_still_resume(self):
-        _dcgan_run(self.argv("old", "--no-probe", epochs=1))
-        path = os.path.join(self.tmp, "old", "checkpoint.pt")
-        ck = torch.load(path, weights_only=True)
-        for k in ("loss", "n_critic", "gp_weight", "diffaugment", "ema", "betas", "precision", "tf32"):
-            del ck["config"][k]                                          # as saved before issues 11, 13
-        runs.atomic_torch_save(ck, path)
-        _dcgan_run(self.argv("old", "--no-probe", "--resume"))
-        self.assertEqual(torch.load(path, weights_only=True)["epoch"], 2)
+        for main, name in ((rd.main, "old_rd"), (dcgan.main, "old_plain")):
+            _dcgan_run(self.argv(name, "--no-probe", epochs=1), main)
+            path = os.path.join(self.tmp, name, "checkpoint.pt")
+            ck = torch.load(path, weights_only=True)
+            for k in ("loss", "n_critic", "gp_weight", "diffaugment", "ema", "betas", "precision",
+                      "tf32", "script", "weights"):
+                ck["config"].pop(k, None)                       # as saved before issues 11, 13, 25
+            ck["script"] = "dcgan.py"                           # older remedy runs: dcgan.py's
+            runs.atomic_torch_save(ck, path)
+            _dcgan_run(self.argv(name, "--no-probe", "--resume"), main)
+            self.assertEqual(torch.load(path, weights_only=True)["epoch"], 2)
+
+    def test_remedies_file_without_a_remedy_is_the_plain_dcgan(self):
+        a = _dcgan_run(self.argv("plain_a", "--no-probe", epochs=1))
+        b = _rd_run(self.argv("plain_b", "--no-probe", epochs=1))
+        for k in ("d_loss", "g_loss", "d_x", "d_g_z", "memorisation_ratio"):
+            self.assertEqual(a[k], b[k], k)
+        ca, cb = (torch.load(os.path.join(self.tmp, d, "checkpoint.pt"), weights_only=True)
+                  for d in ("plain_a", "plain_b"))
+        for net in ("G", "D"):
+            self.assertTrue(all(torch.equal(v, cb[net][k]) for k, v in ca[net].items()), net)
+        self.assertEqual((ca["script"], cb["script"]), ("dcgan.py", "dcgan_remedies.py"))
+        # and the shipped-weights path of the plain DCGAN: pictures, no dataset
+        path = os.path.join(self.tmp, "plain.pt")
+        runs.save_weights(os.path.join(self.tmp, "plain_a", "checkpoint.pt"), path, self.data_dir)
+        drawn = os.path.join(self.tmp, "drawn")
+        code, err = cli_exit(dcgan.main, ["--weights", path, "--out", drawn, "--data-dir", drawn])
+        self.assertEqual(code, 0, err)
+        self.assertTrue({"samples.png", "interpolations.png"} <= set(os.listdir(drawn)))
+        code, err = cli_exit(dcgan.main, ["--weights", path, "--out", drawn, "--export", "12",
+                                          os.path.join(drawn, "x.npz")])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(np.load(os.path.join(drawn, "x.npz"))["images"].shape, (12, 32, 32, 3))
 
     def test_resume_is_exact(self):
         _dcgan_run(self.argv("straight", "--no-probe"))
@@ -1367,9 +1495,14 @@ class TestDcganRun(OneThread):
             code, err = cli_exit(dcgan.main, self.argv("bad", *extra))
             self.assertEqual(code, 2, extra)
             self.assertTrue(err.startswith("error: ") and len(err.strip().splitlines()) == 1, (extra, err))
+            code, err = cli_exit(rd.main, self.argv("bad", *extra))       # the remedies' too
+            self.assertEqual(code, 2, extra)
+            self.assertTrue(err.startswith("error: ") and len(err.strip().splitlines()) == 1, (extra, err))
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad")))     # no work started
-        code, err = cli_exit(dcgan.main, self.argv("bad", "--loss", "wgan-gp", "--minibatch-disc"))
+        code, err = cli_exit(rd.main, self.argv("bad", "--loss", "wgan-gp", "--minibatch-disc"))
         self.assertIn("depend on the rest of the batch", err)                # the reason, not just "no"
+        code, err = cli_exit(dcgan.main, self.argv("bad", "--ema", "0.99"))  # a remedy, plain script
+        self.assertIn("dcgan_remedies.py", err)                              # where it went
         code, err = cli_exit(dcgan.main, self.argv("none", "--resume"))
         self.assertEqual(code, 2)
         self.assertIn("no checkpoint", err)
@@ -1387,10 +1520,10 @@ class TestDcganRun(OneThread):
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "bench", "checkpoint.pt")))   # it only times
         check_bench(self, r, steps=3, calls=calls)                     # 100 images // 32, drop_last
         # --bench times the step the flags select: WGAN-GP's, with its critic-only steps
-        seen, game = [], dcgan.game_step
-        with mock.patch.object(dcgan, "game_step", lambda *a: seen.append(a[6:11:4]) or game(*a)):
-            _dcgan_run(self.argv("bench_wgan", "--bench", "--loss", "wgan-gp", "--n-critic", "2"))
-        self.assertTrue(all(loss is dcgan.LOSSES["wgan-gp"] for loss, _ in seen))
+        seen, game = [], rd.game_step
+        with mock.patch.object(rd, "game_step", lambda *a: seen.append(a[6:11:4]) or game(*a)):
+            _rd_run(self.argv("bench_wgan", "--bench", "--loss", "wgan-gp", "--n-critic", "2"))
+        self.assertTrue(all(loss is rd.LOSSES["wgan-gp"] for loss, _ in seen))
         self.assertEqual({update_g for _, update_g in seen}, {True, False})
 
     def test_pictures_and_compare_use_sample_images(self):
@@ -1399,13 +1532,14 @@ class TestDcganRun(OneThread):
         ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
         samples = dcgan.sample_images(ck, dcgan.N_FIXED, 42)         # the run's seed: its fixed noise
         G = dcgan.load_trained(ck, "cpu")[0]
-        self.assertTrue(torch.equal(samples, data.to_uint8(dcgan.generate(G, ck["fixed_noise"], "cpu"))))
+        self.assertTrue(torch.equal(samples, data.to_uint8(dcgan.generate(G, ck["fixed_noise"]))))
         png = decode_png(read_bytes(os.path.join(out, "samples.png")))
         grid = data.make_grid(samples, nrow=8).permute(1, 2, 0).numpy()
         h, w = grid.shape[:2]
         self.assertTrue(np.array_equal(png[-h:, -w:], grid))          # the grid, bottom right
         self.assertGreater(png.shape[0], h)                           # under its caption
-        with mock.patch.object(compare, "load_checkpoint", lambda run_dir: ck):
+        reader = "read_run_checkpoint"
+        with mock.patch.object(compare, reader, lambda run_dir: ck):
             sets = compare.run_images("dcgan", out, None, 10, "cpu")
         want = dcgan.sample_images(ck, 10, compare.EVAL_SEED)
         self.assertTrue(torch.equal(sets["samples"], want))
@@ -1423,7 +1557,7 @@ class TestDcganRun(OneThread):
     def test_hinge_run_and_units_follow_the_loss(self):
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-            m = dcgan.main(self.argv("hinge", "--no-probe", "--loss", "hinge", epochs=1))
+            m = rd.main(self.argv("hinge", "--no-probe", "--loss", "hinge", epochs=1))
         self.assertTrue(m["units"].startswith("losses: hinge loss") and "score" in m["units"])
         self.assertIn("loss hinge: hinge loss", out.getvalue())                 # the start line
         self.assertEqual(m["config"]["n_critic"], 1)
@@ -1441,9 +1575,9 @@ class TestDcganRun(OneThread):
 
     def test_a_whole_run_with_float64_forbidden_on_the_device(self):
         # As vae.py's test: the diversity and memorisation distances are float64 sums, on the CPU.
-        real_build = dcgan.build_models
-        with mock.patch.object(dcgan, "build_models", lambda *a: tuple(map(on_device, real_build(*a)))):
-            m = _dcgan_run(self.argv("mps_like", "--spectral-norm", "--no-probe", epochs=1))
+        real_build = rd.build_models
+        with mock.patch.object(rd, "build_models", lambda *a: tuple(map(on_device, real_build(*a)))):
+            m = _rd_run(self.argv("mps_like", "--spectral-norm", "--no-probe", epochs=1))
             D = dcgan.build_models(_dcgan_cfg(width=0.25))[1]
             f = dcgan.probe_features(D, torch.zeros(3, 3, 32, 32, dtype=torch.uint8), "cpu")
         self.assertTrue(math.isfinite(m["memorisation_ratio"]) and f.shape == (3, 16 * (16 + 32 + 64)))
@@ -1452,6 +1586,31 @@ class TestDcganRun(OneThread):
         self.assertGreater(metrics.mean_nearest_distance(x, torch.zeros(4, 3, 32, 32, dtype=torch.uint8)), 0.0)
         with self.assertRaises(TypeError):        # the guard is real
             x.flatten(1).double()
+
+
+class TestShippedWeights(OneThread):
+    """weights/: the study's seed-42 models as the default runs train them (issue 27)."""
+
+    def test_shipped_weights_load_safely_and_fit_their_config(self):
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+        files = sorted(os.listdir(folder))
+        self.assertIn("vae.pt", files)
+        self.assertLessEqual(sum(os.path.getsize(os.path.join(folder, f)) for f in files), 12 << 20)
+        for name in files:
+            w = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True)
+            cfg, module = w["config"], {"vae.py": vae, "dcgan.py": dcgan}[w["script"]]
+            self.assertEqual((cfg["seed"], cfg["subset"], cfg["width"]), (42, 10_000, 1.0), name)
+            self.assertEqual(cfg["epochs"], module.EPOCHS, name)        # the study's budget
+            self.assertEqual(w["epoch"], module.EPOCHS, name)
+            self.assertEqual(set(w["provenance"]), {"commit", "data_md5"} | set(w["provenance"]))
+            self.assertRegex(w["provenance"]["commit"], "^[0-9a-f]{40}$")
+            self.assertFalse({"optimizer", "opt_g", "opt_d"} & set(w), name)   # weights only
+            nets = module.load_trained(w, "cpu")                        # every shape fits
+            nets = nets if isinstance(nets, tuple) else (nets,)
+            for net in nets:
+                self.assertTrue(all(p.dtype == torch.float32 for p in net.parameters()))
+            images = module.sample_images(w, 4, 0)
+            self.assertEqual((images.shape, images.dtype), ((4, 3, 32, 32), torch.uint8))
 
 
 # ==============================================================================================
@@ -1901,7 +2060,7 @@ class TestCompare(OneThread):
         # the floor: 50 real training images that no run trained on, scored like samples
         self.assertEqual(proto["floor"]["n_fake"], 50)
         self.assertIn("no run trained on", proto["floor_what"])
-        for key in ("probe_acc", "pixel_probe_acc", "random_probe_acc", "test_elbo"):
+        for key in ("probe_acc", "pixel_probe_acc", "random_probe_acc", "test_neg_elbo"):
             self.assertIsNotNone(res["models"]["vae"]["runs"][0][key], key)
         with open(os.path.join(self.out, "results.md")) as f:
             md = f.read()
@@ -1972,7 +2131,7 @@ class TestCompare(OneThread):
         self.assertEqual(os.stat(ckpt).st_mtime_ns, before)
         self.assertIn("reusing", out.getvalue())
         first, again = self.results["models"], res["models"]
-        self.assertEqual(again["vae"]["runs"][0]["test_elbo"], first["vae"]["runs"][0]["test_elbo"])
+        self.assertEqual(again["vae"]["runs"][0]["test_neg_elbo"], first["vae"]["runs"][0]["test_neg_elbo"])
         # the same checkpoints and noise give the same scores
         self.assertEqual(again["dcgan"]["scores"]["samples"][0]["kid_mean"],
                          first["dcgan"]["scores"]["samples"][0]["kid_mean"])
@@ -1987,10 +2146,10 @@ class TestCompare(OneThread):
         self.assertEqual(models["vae"]["scores"], {})                       # nothing made up
 
     def test_seeds_are_reported_as_mean_and_std(self):
-        self.assertEqual(compare.fmt([0.5, 0.7], "{:.1f}", 100), "60.0 +- 14.1")  # sample std
+        self.assertEqual(compare.fmt([0.5, 0.7], "{:.1f}", 100), "60.0 +- 127.1 (n=2)")  # sample std
         self.assertEqual(compare.fmt([0.5], "{:.1f}", 100), "50.0")
         self.assertEqual(compare.fmt([None, None]), "n/a")
-        self.assertEqual(compare.fmt([0.02, -0.01], "{:+.1f}", 100), "+0.5 +- 2.1")   # gains: signed mean
+        self.assertEqual(compare.fmt([0.02, -0.01], "{:+.1f}", 100), "+0.5 +- 19.1 (n=2)")   # gains: signed mean
         self.assertEqual(compare.fmt([726787, 726787], "{:,.0f}"), "726,787")       # same on every seed
 
     def test_variants_are_chosen_by_name(self):
@@ -2126,8 +2285,8 @@ class TestCompare(OneThread):
                   "dcgan_sn": dict(kind="dcgan", runs=[run(0.42), run(0.39)],
                                    scores={"samples": [sc(0.010), sc(0.012)]})}
         text = "\n".join(compare.paired_table(models, [42, 43]))
-        self.assertIn("| dcgan_sn - dcgan | probe: D features | +2.0 | -1.0 | +0.5 +- 2.1 |", text)
-        self.assertIn("| dcgan_sn - dcgan | samples: KID x 1000 | -1.00 | +1.00 | +0.00 +- 1.41 |",
+        self.assertIn("| dcgan_sn - dcgan | probe: D features | +2.0 | -1.0 | +0.5 +- 19.1 (n=2) |", text)
+        self.assertIn("| dcgan_sn - dcgan | samples: KID x 1000 | -1.00 | +1.00 | +0.00 +- 12.71 (n=2) |",
                       text)
         self.assertNotIn("FID", text)                            # measured in neither: no row
         self.assertNotIn("| dcgan - dcgan", text)
@@ -2179,7 +2338,7 @@ class TestCompare(OneThread):
         self.assertEqual(again["few_labels"], recs)
         # on the whole subset the draw is the run's own probe, to the last digit
         run = self.results["models"]["vae"]["runs"][0]
-        ckpt = compare.load_checkpoint(os.path.join(out, "vae", "seed42"))
+        ckpt = compare.read_run_checkpoint(os.path.join(out, "vae", "seed42"))
         train = data.load_subset(dict(run["config"], data_dir=self.root, no_download=True))
         test = data.load_cifar10(self.root, train=False, download=False)
         mu = [compare.vae_features(ckpt, x, "cpu")["mu"] for x in (train[0], test[0])]
@@ -2299,7 +2458,7 @@ class TestVaeganRun(OneThread):
                   "test_recon", "test_kl", "test_recon_mu", "d_loss", "g_loss", "train_feature", "params",
                   "params_d", "gamma", "train_seconds", "config"):
             self.assertIsNotNone(m.get(k), k)
-        self.assertAlmostEqual(m["test_elbo"], m["test_recon"] + m["test_kl"], places=6)
+        self.assertAlmostEqual(m["test_neg_elbo"], m["test_recon"] + m["test_kl"], places=6)
         self.assertEqual((m["probe_dim"], m["params"], m["gamma"]), (64, 120_355, vaegan.GAMMA))
         z = np.load(os.path.join(out, "latents.npz"))
         self.assertEqual((z["train_z"].shape, z["test_z"].shape), ((20, 64), (20, 64)))
@@ -2318,7 +2477,7 @@ class TestVaeganRun(OneThread):
         with mock.patch.object(vaegan, "build_models", lambda *a: tuple(map(on_device, real_build(*a)))), \
                 mock.patch.object(vae, "build_model", lambda *a: on_device(real_vae_build(*a))):
             m = _vaegan_run(self.root, "mps_like", "--epochs", "1", "--no-probe")
-        self.assertTrue(math.isfinite(m["test_elbo"]) and math.isfinite(m["d_loss"]))
+        self.assertTrue(math.isfinite(m["test_neg_elbo"]) and math.isfinite(m["d_loss"]))
 
     def test_killed_run_resumes_exactly(self):
         # every speed option off here (the tests must pass without them); the run above has them on
@@ -2341,7 +2500,7 @@ class TestVaeganRun(OneThread):
                 for k in ("exp_avg", "exp_avg_sq"):
                     self.assertTrue(torch.equal(st[k], b[opt]["state"][i][k]), f"{opt} {i} {k}")
         no_times = lambda h: [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in h["epochs"]]
-        self.assertEqual(no_times(a["metrics"]), no_times(b["metrics"]))
+        self.assertEqual(no_times(a["history"]), no_times(b["history"]))
         # a checkpoint made with another gamma is refused in one line
         code, err = cli_exit(vaegan.main, _VAEGAN_TINY + ["--data-dir", os.path.join(self.root, "data"), "--out",
                                                           os.path.join(self.root, "killed"), "--resume",
@@ -2642,6 +2801,523 @@ class TestExport(OneThread):
         self.assertFalse(os.path.exists(out))
         code, err = cli_exit(vae.main, ["--export-recon"])
         self.assertEqual((code, "--export-recon goes with --export" in err), (2, True))
+
+
+# ==============================================================================================
+# Trust (issue 26): provenance and --reuse, --train-flags, --variant, t intervals, hostile inputs,
+# Ctrl-C to compare.py --jobs 2. Tiny files written by the tests themselves.
+# ==============================================================================================
+def png_bytes(w, h, idat, ctype=2, depth=8):
+    """A PNG with this header and these raw IDAT bytes (the zlib stream, already compressed)."""
+    chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
+                                + struct.pack(">I", zlib.crc32(kind + body)))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@contextlib.contextmanager
+def deadline(seconds):
+    """Fail (instead of hanging the suite) if the block takes longer than `seconds`."""
+    def hit(*_):
+        raise TimeoutError(f"took over {seconds} s")
+    old = signal.signal(signal.SIGALRM, hit)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def one_line(test, code, err, *words):
+    test.assertEqual(code, 2, err)
+    test.assertEqual(len(err.strip().splitlines()), 1, err)
+    for w in words:
+        test.assertIn(w, err)
+
+
+# ==============================================================================================
+# Hostile inputs: bounded time and memory, one line each
+# ==============================================================================================
+class TestHostileInputs(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def test_png_that_inflates_to_gigabytes_stops_at_its_header_size(self):
+        z = zlib.compressobj(9)
+        bomb = b"".join(z.compress(bytes(1 << 20)) for _ in range(256)) + z.flush()  # 256 MiB of 0s
+        raw = png_bytes(100, 100, bomb)                                # needs 30,100 bytes
+        tracemalloc.start()
+        try:
+            with self.assertRaisesRegex(ValueError, r"^bomb.png: truncated or corrupt PNG \(30,101\+ bytes"):
+                data.decode_png(raw, "bomb.png")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 8 << 20)                                 # never more than a few MB
+        # a header over the pixel cap is refused before anything is inflated
+        with mock.patch.object(zlib, "decompressobj", side_effect=AssertionError("inflated")):
+            with self.assertRaisesRegex(ValueError, "1 to 16,777,216 pixels"):
+                data.decode_png(png_bytes(5000, 5000, bomb), "huge.png")
+
+    def test_zero_by_zero_and_short_data(self):
+        for w, h in ((0, 0), (0, 5), (5, 0)):
+            with self.assertRaisesRegex(ValueError, f"^z.png: {w} x {h} pixels"):
+                data.decode_png(png_bytes(w, h, zlib.compress(b"")), "z.png")
+        with self.assertRaisesRegex(ValueError, "30,100"):             # too little data
+            data.decode_png(png_bytes(100, 100, zlib.compress(bytes(100))), "s.png")
+
+    def test_every_filter_decoded_by_whole_rows_equals_the_reference_reader(self):
+        rng = np.random.default_rng(3)
+        for h, w in ((9, 13), (31, 4), (1, 1), (5, 40)):
+            rows = rng.integers(0, 256, (h, 3 * w + 1), dtype=np.uint8)
+            rows[:, 0] = rng.integers(0, 5, h)                         # filters mixed row by row
+            raw = png_bytes(w, h, zlib.compress(rows.tobytes()))
+            got = data.decode_png(raw).permute(1, 2, 0).numpy()
+            np.testing.assert_array_equal(got, decode_png(raw), err_msg=f"{h} x {w}")
+            rows[:, 0] = rng.integers(0, 3, h)                         # None / Sub / Up: row by row
+            raw = png_bytes(w, h, zlib.compress(rows.tobytes()))
+            np.testing.assert_array_equal(data.decode_png(raw).permute(1, 2, 0).numpy(), decode_png(raw))
+
+    def test_paeth_on_a_large_image_is_fast(self):
+        h = w = 1500                                                   # 6.75 MB of RGB
+        rows = np.zeros((h, 3 * w + 1), np.uint8)
+        rows[:, 0] = 4
+        rows[:, 1:] = 7
+        t0 = time.perf_counter()
+        img = data.decode_png(png_bytes(w, h, zlib.compress(rows.tobytes())))
+        self.assertLess(time.perf_counter() - t0, 5.0)                 # was 2.3 s per million bytes
+        self.assertEqual(tuple(img.shape), (3, h, w))
+        self.assertEqual(int(img[0, 0, 0]), 7)                         # first pixel: 7 + 0
+
+    def test_fifo_device_and_folder_named_png_or_npz_are_refused_without_reading(self):
+        os.mkfifo(self.path("pipe.npz"))
+        os.makedirs(self.path("pngs"))
+        os.mkfifo(self.path("pngs/a.png"))
+        os.symlink("/dev/zero", self.path("zero.npz"))
+        with deadline(10):
+            for target in ("pipe.npz", "pngs", "zero.npz"):
+                with self.assertRaisesRegex(ValueError, "not a regular file") as cm:
+                    metrics.load_images(self.path(target))
+                self.assertEqual(len(str(cm.exception).splitlines()), 1)
+            with self.assertRaisesRegex(ValueError, "not a regular file"):
+                data.read_png_file(self.path("pngs/a.png"))
+
+    def test_npz_members_are_checked_before_they_are_read(self):
+        with zipfile.ZipFile(self.path("text.npz"), "w") as zf:
+            zf.writestr("x.npy", "not an array at all")
+        np.savez(self.path("objects.npz"), x=np.array([{"a": 1}, None], dtype=object))
+        header = io.BytesIO()                                          # a header claiming 3 TB, no data
+        np.lib.format.write_array_header_1_0(header, dict(descr="|u1", fortran_order=False,
+                                                          shape=(10**9, 32, 32, 3)))
+        with zipfile.ZipFile(self.path("huge.npz"), "w") as zf:
+            zf.writestr("x.npy", header.getvalue())
+        imgs = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+        np.savez_compressed(self.path("ok.npz"), x=imgs)
+        np.savez(self.path("torn.npz"), x=imgs)
+        with open(self.path("torn.npz"), "r+b") as f:
+            f.truncate(os.path.getsize(self.path("torn.npz")) - 2000)
+        for name, why in (("text.npz", "not a NumPy array"), ("objects.npz", "must be uint8"),
+                          ("huge.npz", "MiB this command holds"), ("torn.npz", "not a readable .npz")):
+            with self.assertRaisesRegex(ValueError, why, msg=name) as cm:
+                metrics.load_images(self.path(name))
+            self.assertEqual(len(str(cm.exception).splitlines()), 1)
+        got = metrics.load_images(self.path("ok.npz"), n=10)          # only what is asked for
+        np.testing.assert_array_equal(got.numpy(), imgs[:10].transpose(0, 3, 1, 2))
+        self.assertEqual(len(metrics.load_images(self.path("ok.npz"))), 40)
+
+    def test_other_image_files_in_a_png_folder_are_said(self):
+        os.makedirs(self.path("mixed"))
+        data.save_image(torch.zeros(3, 4, 4, dtype=torch.uint8), self.path("mixed/a.png"))
+        with open(self.path("mixed/b.JPG"), "wb") as f:
+            f.write(b"\xff\xd8\xff")
+        with self.assertRaisesRegex(ValueError, r"1 files that are not PNG \(e.g. b.JPG\)"):
+            metrics.load_images(self.path("mixed"))
+        os.remove(self.path("mixed/b.JPG"))
+        self.assertEqual(tuple(metrics.load_images(self.path("mixed")).shape), (1, 3, 4, 4))
+
+    def test_export_is_bounded_and_never_mixes_two_sets(self):
+        for text, recon, why in (("10000000", False, "at most 50,000 (the limit)"),
+                                 ("10**30", False, "whole number"), ("-3", False, ">= 1"),
+                                 ("20000", True, "at most 10,000")):
+            with self.assertRaisesRegex(ValueError, why.replace("(", r"\(").replace(")", r"\)")):
+                runs.check_export_count(text, recon)
+        self.assertEqual(runs.check_export_count("50000", False), 50000)
+        folder = self.path("pngs") + os.sep
+        runs.check_export_path(folder)                                 # none yet: fine
+        runs.export_images(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), folder)
+        with self.assertRaisesRegex(ValueError, "already holds 2 .png files"):
+            runs.check_export_path(folder)
+
+    def test_checkpoints_and_metrics_of_the_wrong_shape_are_one_line(self):
+        for bad in ([1, 2], {"model": {}}, {"config": [], "epoch": 1}, {"config": {}, "epoch": "3"}):
+            with self.assertRaisesRegex(ValueError, "^x.pt is not a checkpoint of this project"):
+                runs.check_checkpoint(bad, "x.pt")
+        with self.assertRaisesRegex(ValueError, r"^x.pt: not a checkpoint of this model \(KeyError: 'G'\)"):
+            with runs.checkpoint_errors("x.pt"):
+                {}["G"]
+        with self.assertRaises(RuntimeError):                          # not the file's fault: kept
+            with runs.checkpoint_errors("x.pt"):
+                raise RuntimeError("out of memory")
+        for body, why in (("[1, 2]", "not a run's metrics.json"), ("{", "not readable JSON"),
+                          ('{"config": 3}', "not a run's metrics.json")):
+            with open(self.path("metrics.json"), "w") as f:
+                f.write(body)
+            with self.assertRaisesRegex(ValueError, "metrics.json: " + why):
+                compare.read_run_json(self.path("metrics.json"))
+
+
+class FakeCifar(OneThread):
+    """A temp folder (cls.tmp) with a tiny synthetic archive in cls.root, removed after the class."""
+    TEST = 20                                                          # test images
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.root = os.path.join(cls.tmp.name, "data")
+        make_fake_cifar(cls.root, n_train_per_batch=20, n_test=cls.TEST)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+        super().tearDownClass()
+
+
+class TestScoreCommand(FakeCifar):
+    TEST = 40
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        torch.manual_seed(0)
+        cls.net = os.path.join(cls.tmp.name, "net.pt")
+        torch.jit.script(_MetricsAtNetLayers()).save(cls.net)
+        cls.npz = os.path.join(cls.tmp.name, "x.npz")
+        np.savez(cls.npz, x=np.zeros((20, 8, 8, 3), np.uint8))
+
+    def score(self, *extra):
+        return cli_exit(metrics.main, ["score", self.npz, "--fid-net", self.net, "--data-dir", self.root,
+                                       "--no-download", "--device", "cpu", *extra])
+
+    def test_flags_are_checked_before_any_scoring(self):
+        with mock.patch.object(metrics, "score_features", side_effect=AssertionError("scored")):
+            one_line(self, *self.score("--n", "-10"), "--n must be a multiple of 10 and at least 10")
+            one_line(self, *self.score("--json", os.path.join(self.tmp.name, "no", "s.json")), "--json")
+            one_line(self, *self.score("--json", self.tmp.name), "--json")
+            one_line(self, *self.score("--threads", "-1"), "--threads must be >= 0")
+
+    def test_threads_are_taken_and_kid_has_no_spread_at_small_n(self):
+        before = torch.get_num_threads()
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                metrics.main(["score", self.npz, "--fid-net", self.net, "--data-dir", self.root,
+                              "--no-download", "--device", "cpu", "--threads", "1"])
+            self.assertEqual(torch.get_num_threads(), 1)
+        finally:
+            torch.set_num_threads(before)
+        self.assertIn("(one subset of all 20: no spread)", out.getvalue())
+        self.assertNotIn("+- 0.00", out.getvalue())
+        sc = dict(kid_mean=0.001, kid_std=0.0005, n_real=2000, n_fake=2000)
+        self.assertEqual(metrics.kid_text(sc), "1.00 +- 0.50")
+
+    def test_fid_network_md5_is_checked(self):
+        err = io.StringIO()
+        metrics._warned.clear()
+        with contextlib.redirect_stderr(err):
+            metrics.load_fid_net(self.net)
+            metrics.load_fid_net(self.net)                             # warned once per file
+        self.assertEqual(err.getvalue().count("warning: FID network"), 1, err.getvalue())
+        self.assertIn("not a known file", err.getvalue())
+        metrics._warned.clear()
+        with mock.patch.dict(metrics.KNOWN_FID_NETS, {data.file_md5(self.net): "the test net"}), \
+                contextlib.redirect_stderr(err := io.StringIO()):
+            metrics.load_fid_net(self.net)
+        self.assertEqual(err.getvalue(), "")
+
+
+# ==============================================================================================
+# Statistics: 95% t intervals with n
+# ==============================================================================================
+class TestStatistics(unittest.TestCase):
+    def test_t_quantiles_against_the_integrated_density(self):
+        for df in (1, 2, 3, 5, 9, 10, 15, 30, 100):
+            q = compare.t95(df)
+            x = np.linspace(-q, q, 400_001)
+            log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+            pdf = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
+            mass = float(np.sum((pdf[1:] + pdf[:-1]) / 2 * np.diff(x)))   # trapezoid rule
+            self.assertAlmostEqual(mass, 0.95, delta=1e-4, msg=df)
+
+    def test_means_show_n_and_their_interval(self):
+        self.assertEqual(compare.fmt([0.5, 0.7], "{:.1f}", 100), "60.0 +- 127.1 (n=2)")   # t(1) = 12.706
+        self.assertEqual(compare.fmt([1.0, 2.0, 3.0], "{:.2f}"), "2.00 +- 2.48 (n=3)")    # 4.303 / sqrt(3)
+        self.assertEqual(compare.fmt([1.0, 1.001, 1.0004], "{:.2f}"), "1.00 +- < 0.01 (n=3)")
+        self.assertEqual(compare.fmt([0.5], "{:.1f}", 100), "50.0")
+        self.assertEqual(compare.fmt([726787, 726787], "{:,.0f}"), "726,787")
+        self.assertEqual(compare.fmt([0.02, -0.01], "{:+.1f}", 100), "+0.5 +- 19.1 (n=2)")
+        self.assertEqual(compare.fmt([None, 2.0, 4.0], "{:.1f}"), "3.0 +- 12.7 (n=2)")   # n counts values
+
+    def test_paired_differences_have_their_interval_and_kid_std_no_false_zero(self):
+        run = lambda acc: dict(probe_acc=acc, config={"subset": 20})
+        models = {"dcgan": dict(kind="dcgan", runs=[run(0.40), run(0.40)], scores={}),
+                  "dcgan_sn": dict(kind="dcgan", runs=[run(0.42), run(0.39)], scores={})}
+        self.assertIn("| dcgan_sn - dcgan | probe: D features | +2.0 | -1.0 | +0.5 +- 19.1 (n=2) |",
+                      "\n".join(compare.paired_table(models, [42, 43])))
+        sc = dict(ref="test", fid_precision="fp32", n_fake=1000, n_real=1000, fid=None, kid_mean=0.1,
+                  kid_std=0.0, is_mean=None, precision=0.5, recall=0.5)
+        rows = {r[4]: r[5] for r in compare.sample_rows(["m", "v", 1, "fp32"], "samples", sc)}
+        self.assertEqual((rows["samples_kid_std"], rows["samples_kid_mean"]), ("", 0.1))
+
+    def test_runs_of_old_and_new_code_give_one_test_loss(self):
+        """vae.py's test loss is test_neg_elbo now; runs made before it was renamed hold test_elbo."""
+        run = lambda **loss: dict(params=1, train_seconds=10.0, epochs=2, test_recon=250.0,
+                                  test_kl=50.0, config={"subset": 20}, **loss)
+        for key in ("test_neg_elbo", "test_elbo"):
+            text = "\n".join(compare.cost_table({"vae": dict(kind="vae", runs=[run(**{key: 300.0})],
+                                                            scores={})}))
+            self.assertIn("| test loss (-ELBO = recon + KL) |", text)
+            self.assertIn("| 5.0 | 300.00 (250.00 + 50.00) |", text)
+        models = {"vae": dict(kind="vae", runs=[run(test_elbo=300.0)], scores={}),
+                  "vae_b": dict(kind="vae", runs=[run(test_neg_elbo=301.5)], scores={})}
+        self.assertIn("| vae_b - vae | test loss (-ELBO = recon + KL) | +1.50 |",
+                      "\n".join(compare.paired_table(models, [42])))
+
+
+# ==============================================================================================
+# compare.py: --train-flags that cannot override, --variant, provenance for --reuse
+# ==============================================================================================
+class TestFlagsAndVariants(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.out = os.path.join(self.tmp.name, "cmp")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def refused(self, argv, *words):
+        code, err = cli_exit(compare.main, argv + ["--out", self.out])
+        one_line(self, code, err, *words)
+
+    def test_train_flags_never_override_a_variant_or_change_the_run_mode(self):
+        self.refused(["--variants", "dcgan_ema099", "--train-flags", "dcgan: --ema 0.5"],
+                     "sets ema to 0.5, which the variant dcgan_ema099 sets itself")
+        self.refused(["--variants", "dcgan_ema099", "--train-flags=--em=0.5"], "sets ema")   # abbreviated
+        self.refused(["--variants", "dcgan_wgangp", "--train-flags", "dcgan:--loss=hinge"], "loss to hinge", "which the variant dcgan_wgangp sets itself")
+        self.refused(["--variant", "v2=vae: --beta 2", "--train-flags", "vae: --beta 3"], "variant v2")
+        for mode in ("--export 10 x.npz", "--export-recon", "--bench", "--resume"):
+            self.refused(["--train-flags=" + mode], f"{mode.split()[0]} is a run mode")
+        args = compare.parse_args(["--variants", "dcgan_ema099", "--train-flags", "dcgan: --lr-d 1e-4",
+                                   "--out", self.out])                 # not what the variant sets: fine
+        self.assertEqual(args.train_flags, [("dcgan", ["--lr-d", "1e-4"])])
+        self.assertEqual(os.listdir(self.out), [])                     # the checks left no folders
+
+    def test_variant_from_the_command_line_joins_the_grid(self):
+        args = compare.parse_args(["--models", "vae", "--variant", 'vae_b2=vae: --beta 2',
+                                   "--variant", "vae_b3 = vae:--beta 3", "--out", self.out])
+        chosen = compare.selected_models(args.variants, args.models, args.added)
+        self.assertEqual(list(chosen), ["vae", "vae_b2", "vae_b3"])
+        self.assertEqual(chosen["vae_b2"], (vae, ["--beta", "2"]))
+        argv, _ = compare.plan_run("vae_b2", vae, ["--beta", "2"], 42, args)
+        self.assertEqual(argv[:2], ["--beta", "2"])
+        for bad, why in (("nobrackets", "write NAME="), ("vae_beta4=vae: --beta 4", "built-in"),
+                         ("x=gan: --lr 1", "not a model file"), ("x=vae: --seed 3", "compare.py's to set"),
+                         ("Bad=vae: --beta 2", "lower case")):
+            self.refused(["--variant", bad], why)
+        self.refused(["--variant", "x=vae: --beta 2", "--variant", "x=vae: --beta 3"], "each NAME once")
+
+    def test_variants_help_lists_the_table(self):
+        text = "".join(compare.make_parser().format_help().split())   # wrapped anywhere
+        for name, (script, flags) in compare.VARIANTS.items():
+            self.assertIn(f"{name}({script.__name__}.py{''.join(flags)})", text)
+        self.assertIn("--variantNAME=", text)
+
+
+def stamp(run_dir, **change):
+    """Give a run the provenance the model files save (runs.provenance, in metrics.json and the
+    checkpoint) where it has none yet, then apply `change` to both records."""
+    mpath, cpath = os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "checkpoint.pt")
+    with open(mpath) as f:
+        saved = json.load(f)
+    ckpt = torch.load(cpath, map_location="cpu", weights_only=True)
+    prov = saved.get("provenance") or runs.provenance(saved["config"], "vae.py")
+    saved["provenance"] = ckpt["provenance"] = dict(prov, **change)
+    data.write_json(mpath, saved)
+    runs.atomic_torch_save(ckpt, cpath)
+
+
+class TestReuseProvenance(FakeCifar):
+    """One tiny grid (the VAE, 20 images, 1 epoch), then --reuse against each way a run can differ."""
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.first = os.path.join(cls.tmp.name, "first")
+        cls.argv = ["--models", "vae", "--epochs", "1", "--subset", "20", "--data-dir", cls.root,
+                    "--no-download", "--device", "cpu", "--train-flags=--batch-size 10 --no-probe"]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            compare.main(cls.argv + ["--out", cls.first])
+        stamp(os.path.join(cls.first, "vae", "seed42"))
+
+    def copy(self, name):
+        out = os.path.join(self.tmp.name, name)
+        shutil.copytree(self.first, out)
+        return out, os.path.join(out, "vae", "seed42")
+
+    def call(self, out, *extra):
+        """compare.main under cli_main -> (exit status, stdout, stderr)."""
+        buf, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+            try:
+                runs.cli_main(lambda: compare.main(self.argv + ["--out", out, *extra]))
+                code = 0
+            except SystemExit as e:
+                code = e.code
+        return code, buf.getvalue(), err.getvalue()
+
+    def test_the_same_run_is_reused_and_says_where_it_came_from(self):
+        out, run_dir = self.copy("same")
+        with open(os.path.join(run_dir, "checkpoint.pt.x1y2.tmp"), "wb") as f:
+            f.write(b"half")                                           # left by a kill
+        before = os.stat(os.path.join(run_dir, "checkpoint.pt")).st_mtime_ns
+        code, text, err = self.call(out, "--reuse-only")
+        self.assertEqual(code, 0, err)
+        self.assertIn("[vae seed 42] reusing", text)
+        self.assertEqual(os.stat(os.path.join(run_dir, "checkpoint.pt")).st_mtime_ns, before)
+        self.assertFalse(os.path.exists(os.path.join(run_dir, "checkpoint.pt.x1y2.tmp")))
+        with open(os.path.join(out, "results.json")) as f:
+            origin = json.load(f)["models"]["vae"]["runs"][0]["origin"]
+        self.assertEqual((origin["how"], origin["other_code"], origin["flags"]),
+                         ("reused", "", "--batch-size 10 --no-probe"))
+        with open(os.path.join(out, "results.csv")) as f:
+            head, row = f.readline().strip(), f.readline().strip()
+        self.assertTrue(head.endswith(",run,commit,code,flags"), head)
+        self.assertTrue(row.endswith(f",reused,{origin['commit']},today's,--batch-size 10 --no-probe"), row)
+        with open(os.path.join(out, "results.md")) as f:
+            self.assertIn(f"| vae | 42 | reused | {origin['commit']} | today's | --batch-size 10 --no-probe |",
+                          f.read())
+
+    def test_a_run_of_other_code_is_retrained_or_kept_on_purpose_and_marked(self):
+        out, run_dir = self.copy("code")
+        stamp(run_dir, code_sha256="0" * 64, commit="c0ffee" + "0" * 34, clean=False)
+        code, _, err = self.call(out, "--reuse-only")
+        one_line(self, code, err, "metrics.json is not the run asked for",
+                 "made by other code (commit c0ffee00 + uncommitted changes)", "--reuse-other-code keeps it")
+        code, text, err = self.call(out, "--reuse-only", "--reuse-other-code")
+        self.assertEqual(code, 0, err)
+        self.assertIn("made by other code (commit c0ffee00 + uncommitted changes): marked", text)
+        with open(os.path.join(out, "results.md")) as f:
+            md = f.read()
+        self.assertIn("| vae (other code: commit c0ffee00 + uncommitted changes): mu |", md)
+        self.assertIn("| vae | 42 | reused | c0ffee00 + uncommitted changes | made by other code", md)
+        stamp(run_dir, code_sha256=None, code_files=None)              # an old run: no record
+        code, _, err = self.call(out, "--reuse-only")
+        one_line(self, code, err, "made by unknown code")
+
+    def test_every_other_difference_retrains(self):
+        out, run_dir = self.copy("differ")
+        mpath = os.path.join(run_dir, "metrics.json")
+        with open(mpath) as f:
+            good = json.load(f)
+        cases = (("config", dict(good["config"], extra_knob=3), "extra_knob 3 -> (no such setting)"),
+                 ("epochs", 7, "checkpoint.pt (epoch 1) and metrics.json (epochs 7) disagree"),
+                 ("provenance", dict(good["provenance"], data_md5="f" * 32), "data archive md5 ffff"))
+        for key, value, why in cases:
+            data.write_json(mpath, dict(good, **{key: value}))
+            code, _, err = self.call(out, "--reuse-only")
+            one_line(self, code, err, why)
+        data.write_json(mpath, dict(good, config=dict(good["config"], beta=2.0)))   # edited by hand
+        code, _, err = self.call(out, "--reuse-only")
+        one_line(self, code, err, "beta 2.0 -> 1.0")
+        data.write_json(mpath, [good])
+        code, _, err = self.call(out, "--reuse")
+        one_line(self, code, err, "metrics.json: not a run's metrics.json")
+
+    def test_no_finished_run_is_deleted_before_its_replacement_starts(self):
+        out, run_dir = self.copy("keep")
+        shutil.copytree(run_dir, os.path.join(out, "vae_b2", "seed42"))
+        started = []
+
+        def interrupted(argv):                                         # Ctrl-C in the first run
+            started.append(argv)
+            raise KeyboardInterrupt
+        with mock.patch.object(vae, "main", interrupted):
+            code, _, err = self.call(out, "--reuse", "--epochs", "2", "--variant", "vae_b2=vae: --beta 2")
+        one_line(self, code, err, "interrupted", "--reuse")
+        self.assertNotIn("--resume", err)
+        self.assertEqual(len(started), 1)
+        self.assertFalse(os.path.exists(os.path.join(run_dir, "metrics.json")))   # this one started
+        for name in ("checkpoint.pt", "metrics.json"):                 # this one never did: kept
+            self.assertTrue(os.path.exists(os.path.join(out, "vae_b2", "seed42", name)), name)
+
+    def test_refused_plans_leave_no_run_folders(self):
+        out = os.path.join(self.tmp.name, "refused")
+        code, _, err = self.call(out, "--variant", "vae_zz=vae: --beta -1")   # refused at the flags
+        one_line(self, code, err, "[vae_zz] vae.py refuses")
+        self.assertFalse(os.path.exists(out) and os.listdir(out))
+        out, _ = self.copy("refused_later")                            # refused at its plan
+        code, _, err = self.call(out, "--reuse-only", "--variant", "vae_b2=vae: --beta 2")
+        one_line(self, code, err, "[vae_b2 seed 42] --reuse-only: no finished run")
+        self.assertFalse(os.path.exists(os.path.join(out, "vae_b2")))
+
+    def test_scores_are_keyed_by_the_reference_images(self):
+        run_dir = os.path.join(self.first, "vae", "seed42")
+        proto = dict(n=10, ref="test", net="t", preprocess=metrics.PREPROCESS, fid_precision="fp32")
+        key = compare.score_key(run_dir, "vae", ref_md5="a", **proto)
+        path = os.path.join(self.tmp.name, "scores.json")
+        data.write_json(path, dict(key, kid_mean=0.5))
+        self.assertEqual(compare.reusable_scores(path, key)["kid_mean"], 0.5)
+        self.assertIsNone(compare.reusable_scores(path, dict(key, ref_md5="b")))    # other images
+        self.assertIsNone(compare.reusable_scores(path, dict(key, code="0")))       # other code
+        with open(path, "w") as f:
+            f.write("[")
+        self.assertIsNone(compare.reusable_scores(path, key))         # torn: computed again
+
+
+class TestInterrupt(unittest.TestCase):
+    def test_ctrl_c_stops_every_job_within_seconds_and_says_reuse(self):
+        if not os.path.isdir("/proc"):
+            self.skipTest("needs /proc to find the jobs")
+        with tempfile.TemporaryDirectory() as tmp:
+            root = os.path.join(tmp, "data")
+            make_fake_cifar(root, n_train_per_batch=40, n_test=20)
+            cmd = [sys.executable, "-u", os.path.join(HERE, "compare.py"), "--models", "vae", "--variant",
+                   "vae_b2=vae: --beta 2", "--epochs", "500", "--subset", "200", "--jobs", "2",
+                   "--threads", "1", "--data-dir", root, "--no-download", "--device", "cpu",
+                   "--train-flags=--batch-size 10 --no-probe", "--out", os.path.join(tmp, "out")]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            seen = []
+            reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
+            reader.start()
+            t0 = time.time()
+            while sum("epoch" in line for line in seen) < 2 and time.time() - t0 < 60:
+                time.sleep(0.1)                                        # both jobs are training
+            jobs = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(p) == proc.pid]
+            self.assertEqual(len(jobs), 2, seen)
+            proc.send_signal(signal.SIGINT)                            # to compare.py alone
+            t1 = time.time()
+            err = proc.stderr.read()
+            proc.wait(timeout=30)
+            self.assertLess(time.time() - t1, 10)
+            one_line(self, proc.returncode, err, "interrupted", "--reuse")
+            self.assertNotIn("--resume", err)
+            for pid in jobs:
+                self.assertFalse(os.path.exists(f"/proc/{pid}") and _parent(str(pid)) == proc.pid)
+
+
+def _parent(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

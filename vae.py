@@ -16,7 +16,6 @@ numbers; --resume of a killed run gives the weights of an uninterrupted one.
 Left out on purpose: the study's perceptual (VGG) loss (needs a pretrained network), a learned
 decoder variance, importance-weighted bounds.
 """
-import io
 import json
 import math
 import os
@@ -124,20 +123,14 @@ def build_model(cfg, device="cpu"):
 
 # ==== Loss ====================================================================================
 def vae_loss(x_hat, x, mu, logvar, beta=1.0):
-    """Kingma & Welling 2014, eq. 10 with the Gaussian KL of their appendix B:
-
+    """Kingma & Welling 2014, eq. 10 with the Gaussian KL of their appendix B, z = mu + sigma * eps:
         ELBO(x) = 1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2) + log p(x | z)
-
-    with z = mu + sigma * eps. We minimise its negative (beta = 1):
-
+    We minimise its negative (beta = 1), per image, then AVERAGED over the batch:
         L   = MSE + beta * KL
-        MSE = sum over the 3072 values (3 x 32 x 32) of (x_hat - x)^2                  per image
-        KL  = -1/2 sum over the 64 latent dims of (1 + logvar - mu^2 - exp(logvar))    per image
-
-    Both are then AVERAGED over the batch. MSE equals -log N(x; x_hat, I/2) less 1536 ln(pi), so
-    MSE + KL is the negative ELBO (nats per image) of that Gaussian decoder, up to a constant.
-    Returns (loss, mse, kl), three scalars.
-    """
+        MSE = sum over the 3072 values (3 x 32 x 32) of (x_hat - x)^2
+        KL  = -1/2 sum over the 64 latent dims of (1 + logvar - mu^2 - exp(logvar))
+    MSE is -log N(x; x_hat, I/2) less 1536 ln(pi), so MSE + KL is the negative ELBO (nats per image)
+    of that Gaussian decoder, up to a constant. Returns (loss, mse, kl), three scalars."""
     mse = (x_hat - x).pow(2).sum(dim=(1, 2, 3)).mean()
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
     return mse + beta * kl, mse, kl
@@ -160,8 +153,7 @@ def beta_at(step, total_steps, beta_max=BETA, schedule=BETA_SCHEDULE, cycles=CYC
 # ==== One training step =======================================================================
 def train_step(model, optimizer, x, eps, beta=1.0):
     """One Adam step on the batch x (B, 3, 32, 32) with the noise eps (B, latent_dim) and KL weight
-    beta (1: the negative ELBO). Returns the detached (loss, mse, kl) as one (3,) tensor: no
-    .item(), so no device sync."""
+    beta (1: the negative ELBO). Returns the detached (loss, mse, kl): no .item(), no GPU sync."""
     x_hat, mu, logvar = model(x, eps)              # z = mu + sigma * eps inside
     loss, mse, kl = vae_loss(x_hat, x, mu, logvar, beta=beta)
     optimizer.zero_grad(set_to_none=True)
@@ -172,9 +164,9 @@ def train_step(model, optimizer, x, eps, beta=1.0):
 
 # ==== The training loop =======================================================================
 def train_epoch(model, optimizer, batches, betas, noise, cfg):
-    """train_step over `batches` (any iterable of (x, y), x float (B, 3, 32, 32) on the model's
-    device); betas[i] is the KL weight of step i, noise the CPU generator for eps. Returns a
-    (steps, 4) CPU tensor of loss, mse, kl and batch size per step, moved off the device once."""
+    """train_step over `batches` ((x, y) pairs, x float (B, 3, 32, 32) on the model's device);
+    betas[i]: step i's KL weight; noise: the CPU generator of eps. Returns a (steps, 4) CPU tensor
+    of loss, mse, kl and batch size per step, moved off the device once."""
     model.train()
     net, stats, sizes = runs.mixed_precision(model, cfg), [], []   # bf16: autocast inside net
     for i, (x, _) in enumerate(batches):
@@ -200,11 +192,12 @@ def train(cfg, device):
     steps, model = len(batches), build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     print(f"params {runs.count_params(model):,} | device {device} | {len(train_x)} train images | "
-          f"{steps} steps/epoch | beta {cfg['beta']:g} ({cfg['beta_schedule']}) | {runs.speed_line(cfg)}")
+          f"{steps} steps/epoch | beta {cfg['beta']:g} ({cfg['beta_schedule']}) | "
+          f"{runs.speed_line(cfg)}")
     history, rows, start = {"epochs": []}, [], 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"]), optimizer.load_state_dict(ckpt["optimizer"])
-        history, start, rows = history_of(ckpt), ckpt["epoch"], list(ckpt.get("progress_rows", []))
+        history, start, rows = ckpt["history"], ckpt["epoch"], list(ckpt.get("progress_rows", []))
         print(f"resumed from {os.path.join(cfg['out'], 'checkpoint.pt')} after epoch {start}")
 
     for epoch in range(start, cfg["epochs"]):
@@ -233,9 +226,10 @@ def train(cfg, device):
             test_recon=te["recon"], test_kl=te["kl"], test_images=min(EPOCH_TEST, len(test_x)),
             eval_seconds=round(time.perf_counter() - t0, 3)))
         done = history["epochs"][start:]
-        eta = sum(d["seconds"] + d["eval_seconds"] for d in done) / len(done) * (cfg["epochs"] - epoch - 1)
-        print(f"epoch {epoch + 1:3d}/{cfg['epochs']} | train loss {mse + kl:7.2f} = recon {mse:7.2f}"
-              f" + kl {kl:6.2f} | test[:{EPOCH_TEST}] loss {te['neg_elbo']:7.2f} = recon "
+        eta = sum(d["seconds"] + d["eval_seconds"] for d in done) / len(done) * (
+            cfg["epochs"] - epoch - 1)
+        print(f"epoch {epoch + 1:3d}/{cfg['epochs']} | train loss {mse + kl:7.2f} = recon "
+              f"{mse:7.2f} + kl {kl:6.2f} | test[:{EPOCH_TEST}] loss {te['neg_elbo']:7.2f} = recon "
               f"{te['recon']:7.2f} + kl {te['kl']:6.2f} | beta {sum(betas) / len(betas):.3f} | "
               f"{seconds:.1f} s | ETA {data.format_seconds(eta)}", flush=True)
 
@@ -246,10 +240,6 @@ def train(cfg, device):
         runs.atomic_torch_save(ckpt, os.path.join(cfg["out"], "checkpoint.pt"))
         data.write_json(os.path.join(cfg["out"], "history.json"), history)
     return ckpt
-
-
-def history_of(ckpt):   # older checkpoints called the per-epoch history "metrics"
-    return ckpt["history"] if "history" in ckpt else ckpt["metrics"]
 
 
 # ==== Evaluation ==============================================================================
@@ -274,7 +264,8 @@ def evaluate(model, images_uint8, seed, with_mean_recon=False):
             sums[2] += (model.decode(mu) - x).pow(2).sum(dim=(1, 2, 3)).cpu().double().sum()
     model.train()
     mse, kl, mse_mu = (sums / len(images_uint8)).tolist()
-    return dict(neg_elbo=mse + kl, recon=mse, kl=kl, **({"recon_mu": mse_mu} if with_mean_recon else {}))
+    return dict(neg_elbo=mse + kl, recon=mse, kl=kl,
+                **({"recon_mu": mse_mu} if with_mean_recon else {}))
 
 
 @torch.no_grad()
@@ -292,26 +283,28 @@ def encode_all(model, images_uint8, device):
 def evaluate_run(cfg, ckpt, device):
     """A trained run's figures (ckpt: its checkpoint dict): the loss on all 10,000 test images and,
     unless --no-probe, linear probes fitted on the training subset and scored on the test images:
-    mu and the last conv features, both also at the random init, and raw pixels. Returns (figures, latents): metrics.json's figures, latents.npz's arrays."""
+    mu and the last conv features, both also at the random init, and raw pixels. Returns
+    (figures, latents): metrics.json's figures and latents.npz's arrays."""
     model = load_trained(ckpt, device)
     train_x, train_y = data.load_subset(cfg)
     test_x, test_y = data.load_cifar10(cfg["data_dir"], train=False, download=False)
     final = evaluate(model, test_x, cfg["seed"], with_mean_recon=True)
     print(f"test (beta = 1, {len(test_x)} images): loss {final['neg_elbo']:.2f} = recon "
           f"{final['recon']:.2f} + kl {final['kl']:.2f} | recon at z = mu {final['recon_mu']:.2f}")
-    (mu_train, conv_train), (mu_test, conv_test) = (encode_all(model, x, device) for x in (train_x, test_x))
+    (mu_train, conv_train), (mu_test, conv_test) = (encode_all(model, x, device)
+                                                    for x in (train_x, test_x))
     figures = dict(test_neg_elbo=final["neg_elbo"], test_recon=final["recon"], test_kl=final["kl"],
                    test_recon_mu=final["recon_mu"], params=runs.count_params(model))
     if not cfg["no_probe"]:   # each with its feature size: linear probes reward dimension
         t0, untrained = time.perf_counter(), build_model(cfg, device)   # the same seed, untrained
         (r_mu_train, r_conv_train), (r_mu_test, r_conv_test) = (encode_all(untrained, x, device)
                                                                 for x in (train_x, test_x))
-        for name, f_train, f_test in [
-                ("probe", mu_train, mu_test), ("pixel_probe", metrics.pixel_features(train_x),
-                 metrics.pixel_features(test_x)), ("random_probe", r_mu_train, r_mu_test),
-                ("conv_probe", conv_train, conv_test), ("random_conv_probe", r_conv_train, r_conv_test)]:
-            figures.update(metrics.probe_figures(name, f_train, train_y, f_test, test_y, cfg["seed"]))
-        figures["probe_seconds"] = time.perf_counter() - t0
+        figures.update(metrics.probes([
+            ("probe", mu_train, mu_test), ("pixel_probe", metrics.pixel_features(train_x),
+             metrics.pixel_features(test_x)), ("random_probe", r_mu_train, r_mu_test),
+            ("conv_probe", conv_train, conv_test),
+            ("random_conv_probe", r_conv_train, r_conv_test)],
+            train_y, test_y, cfg["seed"]), probe_seconds=time.perf_counter() - t0)
     return figures, dict(train_z=mu_train.numpy(), train_y=train_y.numpy(),   # mu (N, 64), (N,)
                          test_z=mu_test.numpy(), test_y=test_y.numpy())
 
@@ -339,8 +332,9 @@ def reconstruct(model, images_uint8):
     CPU; the model is left in the mode it was in (progress.png is drawn during training)."""
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
-    out = torch.cat([data.to_uint8(model(data.to_float(images_uint8[i:i + EVAL_BATCH]).to(device))[0])
-                     .cpu() for i in range(0, len(images_uint8), EVAL_BATCH)])
+    out = torch.cat([data.to_uint8(model(data.to_float(images_uint8[i:i + EVAL_BATCH])
+                                         .to(device))[0]).cpu()
+                     for i in range(0, len(images_uint8), EVAL_BATCH)])
     model.train(was_training)
     return out
 
@@ -348,7 +342,8 @@ def reconstruct(model, images_uint8):
 def sample_images(checkpoint, n, seed, device="cpu"):
     """n decoded z ~ N(0, I), z drawn on the CPU with seed -> uint8 (n, 3, 32, 32) on the CPU."""
     model = load_trained(checkpoint, device)
-    return decode(model, torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)))
+    g = torch.Generator().manual_seed(seed)
+    return decode(model, torch.randn(n, model.latent_dim, generator=g))
 
 
 def reconstruct_images(checkpoint, images_uint8, device="cpu"):
@@ -359,52 +354,49 @@ def reconstruct_images(checkpoint, images_uint8, device="cpu"):
 OUTPUTS = ["checkpoint.pt  every epoch: model, optimiser, config, history (what --resume reads)",
            "history.json   per epoch: train and test figures;  latents.npz: mu of every image",
            "metrics.json   the final figures on all 10,000 test images, the probe accuracies",
-           "progress, reconstructions, interpolations, samples, curves (.png; plane.png for a 2-d z)"]
+           "progress, reconstructions, interpolations, samples, curves (.png; plane.png: 2-d z)"]
 
 
 @torch.no_grad()
 def save_pictures(cfg, ckpt, device, name="VAE"):
-    """The run's pictures, each captioned (name: the model). Without the dataset (--weights), only
-    samples.png and interpolations.png, the latter between z ~ N(0, I) instead of test images."""
-    out, epochs, model, k = cfg["out"], history_of(ckpt)["epochs"], load_trained(ckpt, device), 8
-    after = f"{name} after {len(epochs)} epoch{'s' * (len(epochs) != 1)}"
-    save = lambda images, file, caption, **kw: data.save_grid(
-        images, os.path.join(out, file), caption=f"{after}: {caption}", **kw)
+    """The run's pictures, each captioned (name: the model). Without the dataset (--weights): only
+    samples.png and interpolations.png, there between two z ~ N(0, I), not two test images' mu."""
+    out, epochs, model, k = cfg["out"], ckpt["history"]["epochs"], load_trained(ckpt, device), 8
+    def save(images, file, caption, n=k, **kw):
+        data.save_grid(images, os.path.join(out, file), nrow=n, **kw,
+                       caption=f"{name} after {len(epochs)} epoch(s): {caption}")
     test_x = (data.load_cifar10(cfg["data_dir"], train=False, download=False)[0]
               if data.find_archive(cfg["data_dir"]) else None)
-    za, zb = torch.randn(2, N_INTERP_PAIRS, model.latent_dim,   # no data: between two z ~ N(0, I)
-                         generator=torch.Generator().manual_seed(cfg["seed"]))
+    seeded = torch.Generator().manual_seed(cfg["seed"])   # no data: between two z ~ N(0, I)
+    za, zb = torch.randn(2, k, model.latent_dim, generator=seeded)
     if test_x is not None:
-        rows, shown = ckpt.get("progress_rows", []), test_x[:N_SHOW]
-        if rows:   # 8 fixed test images over their reconstructions after each shown epoch
-            pick = sorted(set(np.linspace(0, len(rows) - 1, min(PROGRESS_ROWS, len(rows)))
-                              .round().astype(int).tolist()))
-            save(torch.cat([shown[:k]] + [rows[i] for i in pick]), "progress.png", "the same 8 "
-                 "test images (top) reconstructed after each shown epoch", nrow=k,
+        rows = ckpt.get("progress_rows", [])     # 8 fixed test images reconstructed per epoch
+        pick = runs.shown_epochs(len(rows), PROGRESS_ROWS)
+        if rows:
+            save(torch.cat([test_x[:k]] + [rows[i] for i in pick]), "progress.png", "the same 8 "
+                 "test images (top) reconstructed after each shown epoch",
                  row_labels=["test"] + [f"ep {i + 1}" for i in pick])
-        rec = reconstruct(model, shown)            # rows of 8 test images over decoded z = mu
+        shown, rec = test_x[:N_SHOW], reconstruct(model, test_x[:N_SHOW])   # decoded z = mu
         save(torch.cat([t for i in range(0, N_SHOW, k) for t in (shown[i:i + k], rec[i:i + k])]),
              "reconstructions.png", "test images above their reconstructions (decoded z = mu)",
-             nrow=k, row_labels=["test", "recon"] * (N_SHOW // k))
-        ends = test_x[0:2 * N_INTERP_PAIRS:2], test_x[1:2 * N_INTERP_PAIRS:2]  # row i: 2i to 2i+1
+             row_labels=["test", "recon"] * (N_SHOW // k))
+        ends = test_x[0:2 * k:2], test_x[1:2 * k:2]        # row i: test images 2i and 2i + 1
         za, zb = (model.encode(data.to_float(t).to(device))[0].cpu() for t in ends)   # (8, 64)
-    t = torch.linspace(0, 1, N_INTERP_STEPS).view(1, -1, 1)
-    grid = decode(model, ((1 - t) * za.unsqueeze(1) + t * zb.unsqueeze(1)).flatten(0, 1))
-    grid = grid.view(N_INTERP_PAIRS, N_INTERP_STEPS, 3, 32, 32)
+    grid = decode(model, runs.line_points(za, zb, N_INTERP_STEPS)).view(k, -1, 3, 32, 32)
     if test_x is not None:
         grid = torch.cat([ends[0].unsqueeze(1), grid, ends[1].unsqueeze(1)], 1)   # A, steps, B
-    save(grid.flatten(0, 1), "interpolations.png", nrow=grid.shape[1], caption="each row decodes "
-         "points on the line " + ("from mu_A to mu_B of test images A (first column) and B (last)"
-                                  if test_x is not None else "between two z ~ N(0, I)"))
+    save(grid.flatten(0, 1), "interpolations.png", n=grid.shape[1], caption="each row decodes "
+         "points on a line " + ("from mu_A to mu_B of test images A (first column) and B (last)"
+                                if test_x is not None else "between two z ~ N(0, I)"))
     save(sample_images(ckpt, N_SAMPLES, cfg["seed"], device), "samples.png",
-         f"{N_SAMPLES} samples, decoded z ~ N(0, I)", nrow=8)
+         f"{N_SAMPLES} samples, decoded z ~ N(0, I)")
     if model.latent_dim == 2:       # the whole code space on one page; rows: z2 from 3 down to -3
         g = torch.linspace(-3, 3, PLANE)
         save(decode(model, torch.stack([g.repeat(PLANE), g.flip(0).repeat_interleave(PLANE)], 1)),
-             "plane.png", f"decoded z on a {PLANE} x {PLANE} grid over [-3, 3]^2: z1 from -3 (left) "
-             "to 3 (right), z2 from 3 (top) to -3 (bottom)", nrow=PLANE)
+             "plane.png", f"z on a {PLANE} x {PLANE} grid over [-3, 3]^2, z1 from -3 (left) to 3, "
+             "z2 from 3 (top) to -3", n=PLANE)
     ep = [e["epoch"] for e in epochs]
-    get = lambda e, key: e.get(key, e.get(key.replace("neg_elbo", "elbo")))   # older: "elbo"
+    get = lambda e, key: e.get(key, e.get(key.replace("neg_", "")))   # older runs: "elbo" keys
     data.save_charts(os.path.join(out, "curves.png"), [data.draw_chart(
         {"train": (ep, [get(e, f"train_{key}") for e in epochs]),
          f"test (first {EPOCH_TEST})": (ep, [get(e, f"test_{key}") for e in epochs])},
@@ -416,20 +408,19 @@ def save_pictures(cfg, ckpt, device, name="VAE"):
 
 def save_outputs(cfg, ckpt, figures, latents, device, t_start, name="VAE"):
     """latents.npz, the pictures, then metrics.json. Returns metrics.json's dict."""
-    buf = io.BytesIO()  # np.savez into memory, then one atomic write: never a torn file
-    np.savez(buf, **latents)
-    data.atomic_write_bytes(os.path.join(cfg["out"], "latents.npz"), buf.getvalue())
+    data.write_npz(os.path.join(cfg["out"], "latents.npz"), **latents)
     save_pictures(cfg, ckpt, device, name)
-    epochs = history_of(ckpt)["epochs"]
+    epochs = ckpt["history"]["epochs"]
     train_seconds, total_seconds = sum(e["seconds"] for e in epochs), time.perf_counter() - t_start
     out = dict(**figures, epochs=len(epochs), train_seconds=train_seconds,
                seconds_per_epoch=train_seconds / len(epochs), total_seconds=total_seconds,
                **runs.run_record(cfg, device),
                units="neg_elbo = recon + kl at beta 1 (the loss, lower is better), per image, mean "
                      "over the 10,000 test images; recon = squared error summed over 3072 values "
-                     f"in [-1, 1]; kl = KL(q(z|x) || N(0, I)) summed over {latents['test_z'].shape[1]}"
-                     " dims; one z ~ q(z|x) per image (recon_mu: z = mu); probe accuracies in [0, 1];"
-                     " seconds: wall (train: training epochs only; total: this process)")
+                     f"in [-1, 1]; kl = KL(q(z|x) || N(0, I)) summed over "
+                     f"{latents['test_z'].shape[1]} dims; one z ~ q(z|x) per image (recon_mu: z = "
+                     "mu); probe accuracies in [0, 1]; seconds: wall (train: training epochs "
+                     "only; total: this process)")
     data.write_json(os.path.join(cfg["out"], "metrics.json"), out)
     print(f"outputs in {cfg['out']} | total {data.format_seconds(total_seconds)} "
           f"(training {data.format_seconds(train_seconds)})")
@@ -453,15 +444,18 @@ def parse_args(argv=None):
     g.add_argument("--latent-dim", type=int, default=LATENT_DIM, help="size of z (2: plane.png)")
     g.add_argument("--beta", type=float, default=BETA,
                    help="KL weight (1: the negative ELBO; the maximum under a schedule)")
-    g.add_argument("--beta-schedule", default=BETA_SCHEDULE, choices=("constant", "linear", "cyclical"),
+    g.add_argument("--beta-schedule", default=BETA_SCHEDULE,
+                   choices=("constant", "linear", "cyclical"),
                    help="KL weight per step (beta_at): constant; linear: one ramp over the first "
                    "half of the run; cyclical: Fu et al. 2019, --cycles ramps")
     g.add_argument("--cycles", type=int, default=CYCLES, help="ramps of --beta-schedule cyclical")
     runs.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
     a = p.parse_args(argv)
     for bad, text in ((not (math.isfinite(a.lr) and a.lr > 0), f"--lr must be > 0, got {a.lr}"),
-                      (not 1 <= a.latent_dim <= 4096, f"--latent-dim must be in [1, 4096], got {a.latent_dim}"),
-                      (not (math.isfinite(a.beta) and a.beta >= 0), f"--beta must be >= 0, got {a.beta}"),
+                      (not 1 <= a.latent_dim <= 4096,
+                       f"--latent-dim must be in [1, 4096], got {a.latent_dim}"),
+                      (not (math.isfinite(a.beta) and a.beta >= 0),
+                       f"--beta must be >= 0, got {a.beta}"),
                       (a.cycles < 1, f"--cycles must be >= 1, got {a.cycles}")):
         if bad:
             raise ValueError(text)

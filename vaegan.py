@@ -9,13 +9,8 @@ Run:
     python vaegan.py --gamma 0.1 --out runs/vaegan_g01    # another weight on the feature error
     python vaegan.py --resume                 # continue runs/vaegan/checkpoint.pt exactly
 
-The quick look took 2m14s on this project's 2-core CPU while other jobs kept both cores busy
-(load average 6; on busy cores one thread is faster than two). Batches of 32 give it 310 steps in
-that time (at the study's 128 it would take 78, and show little). In runs/vaegan_quick,
-reconstructions.png keeps each test image's colours and rough layout (a dark blob where the
-animal is), grainier than vae.py's and with a fine checkerboard. samples.png is still mostly
-coloured noise: the decoder learns to reconstruct first, and D tells its prior samples apart
-(D(x_p) near 0 in the epoch lines and in gan_curves.png).
+The quick look uses batches of 32 (310 steps; at the study's 128 it would take 78 and show
+little); docs/results.md says what its pictures show and how long it takes.
 
 Papers: Larsen, Sonderby, Larochelle & Winther 2016, "Autoencoding beyond pixels using a learned
 similarity metric" (the model, its losses, its Algorithm 1); Kingma & Welling 2014 (the VAE half,
@@ -38,7 +33,7 @@ image, the probes on mu beside their baselines), so the two compare line by line
 (atomic, every epoch), history.json, metrics.json, latents.npz, reconstructions.png,
 interpolations.png, samples.png, curves.png; and gan_curves.png (the game: losses, D's outputs,
 the feature error). Same seed, device and thread count -> the same numbers; --resume of a killed
-run gives the very weights of an uninterrupted one. Measured results: README.md, "Results".
+run gives the very weights of an uninterrupted one. Measured results: docs/results.md.
 
 Left out on purpose: the official code's equilibrium margin (it skips Dis's or Dec's update while
 one side wins by more than a margin) and its 0.66 weight on real images in Dis's loss (here 1/2,
@@ -231,7 +226,7 @@ def train(cfg, device):
     if ckpt is not None:
         model.load_state_dict(ckpt["model"]), D.load_state_dict(ckpt["D"])
         opt_vae.load_state_dict(ckpt["opt_vae"]), opt_d.load_state_dict(ckpt["opt_d"])
-        history, start_epoch = vae.history_of(ckpt), ckpt["epoch"]
+        history, start_epoch = ckpt["history"], ckpt["epoch"]
         print(f"resumed from {ckpt_path} after epoch {start_epoch}")
 
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -269,7 +264,7 @@ def train(cfg, device):
 # ==== Evaluation ==============================================================================
 def gan_figures(cfg, ckpt):
     """The figures vae.evaluate_run does not know: the game's last epoch and the discriminator."""
-    last = vae.history_of(ckpt)["epochs"][-1]
+    last = ckpt["history"]["epochs"][-1]
     game = ("train_feature", "d_loss", "g_loss", "d_x", "d_rec", "d_prior")
     return dict({k: last[k] for k in game},
                 params_d=runs.count_params(dcgan.Discriminator(cfg["width"])),
@@ -284,7 +279,7 @@ def gan_figures(cfg, ckpt):
 def save_gan_curves(cfg, ckpt):
     """gan_curves.png: the game per epoch. (curves.png, drawn by vae.save_pictures, has the pixel
     error and the KL in the very charts of the VAE's.)"""
-    epochs = vae.history_of(ckpt)["epochs"]
+    epochs = ckpt["history"]["epochs"]
     ep = [e["epoch"] for e in epochs]
 
     def chart(title, ylabel, **labels):   # labels: legend label -> history key
@@ -309,7 +304,7 @@ def parse_args(argv=None):
         "the features of dcgan.py's discriminator. The docstring of vaegan.py explains the losses.",
         examples=["python vaegan.py                   # the VAE's budget: 20 epochs, 10k subset",
                   "python vaegan.py --epochs 5 --subset 2000 --batch-size 32 --no-probe "
-                  "--threads 1 --out runs/vaegan_quick   # a quick look, ~2 min",
+                  "--threads 1 --out runs/vaegan_quick   # a quick look",
                   "python vaegan.py --gamma 0.1 --out runs/vaegan_g01"],
         outputs=vae.OUTPUTS + ["gan_curves.png: the game per epoch (losses, D's outputs, "
                                "the feature error)"])
