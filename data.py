@@ -6,11 +6,9 @@ and PNG/PPM images, captioned grids and line charts, every file written atomical
     python data.py --data-dir DIR --no-download
 
 It prints images per class per split, says whether the archive is the official one (md5), and
-writes a grid of examples to runs/data_examples.png. docs/protocol.md, 'The data', says what it
-reads and how. The run plumbing the training scripts share is in runs.py.
-
+writes a grid of examples to runs/data_examples.png (docs/protocol.md, 'The data': what it reads).
 Left out on purpose: torchvision, PIL and matplotlib (the PNG codec, the bitmap font and the line
-chart below are a few dozen lines each). The tests' synthetic archives are written by test_all.py.
+chart below are a few dozen lines each).
 """
 import hashlib
 import io

@@ -180,17 +180,15 @@ def train_step(G, D, opt_g, opt_d, x, z):
 
 
 # ==== The training loop =======================================================================
-def optimisers(G, D, cfg):
-    """Adam for each net, with its own learning rate (--lr-d, --lr-g; both LR by default)."""
+def optimisers(G, D, cfg):   # Adam for each net, its own learning rate (both LR by default)
     return (torch.optim.Adam(G.parameters(), lr=cfg["lr_g"], betas=BETAS),
             torch.optim.Adam(D.parameters(), lr=cfg["lr_d"], betas=BETAS))
 
 
 def train_epoch(G, D, opt_g, opt_d, run, epoch, noise, cfg, step=train_step):
-    """`step` (train_step) over one epoch's batches, z drawn from the CPU generator `noise` (the
-    same numbers on every device). Returns the (steps, 4) CPU tensor of d_loss, g_loss, D(x),
-    D(G(z)), read off the device once, and the epoch's seconds; stops at a non-finite loss before
-    anything of the epoch is saved. --log-every N adds a line (and a sync) every N steps."""
+    """`step` (train_step) over one epoch, z drawn from the CPU generator `noise` (the same on every
+    device). Returns the (steps, 4) CPU tensor of STATS, read off the device once, and the seconds;
+    stops at a non-finite loss before the epoch is saved. --log-every N: a line every N steps."""
     G.train(), D.train()
     G_, D_ = runs.mixed_precision(G, cfg), runs.mixed_precision(D, cfg)   # bf16: autocast inside
     steps, n, stats = len(run["batches"]), cfg["log_every"], []
@@ -207,9 +205,8 @@ def train_epoch(G, D, opt_g, opt_d, run, epoch, noise, cfg, step=train_step):
 
 
 def start(cfg, device, G, D, opt_g, opt_d, keys=RESUME_KEYS, defaults=None):
-    """What a run needs before its first epoch: the subset as batches, the fixed noise, and with
-    --resume the checkpoint's weights, optimiser states and history (keys: the settings it must
-    share with this run; defaults: dcgan_remedies.py's for older configs). Returns a dict."""
+    """What a run needs before epoch 1, as a dict: the batches, the fixed noise; with --resume the
+    checkpoint's weights, optimiser states, history (keys: settings it must share)."""
     ckpt = runs.resume_checkpoint(cfg, keys, defaults)           # None without --resume
     print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
@@ -235,13 +232,12 @@ def start(cfg, device, G, D, opt_g, opt_d, keys=RESUME_KEYS, defaults=None):
 
 
 def end_epoch(run, cfg, epoch, stats, seconds, G, D, opt_g, opt_d, shown, extra=None):
-    """After an epoch: diversity and a progress row of `shown` (the G whose pictures are shown),
-    history, one log line with the ETA, and the checkpoint (one dict, atomic, every epoch; extra:
-    more entries). Returns the checkpoint dict."""
+    """After an epoch: diversity and a progress row of `shown` (the G whose pictures are shown), one
+    log line with the ETA, and the checkpoint (one dict, atomic; extra: more entries), returned."""
     steps, hist = len(run["batches"]), run["history"]
     run["train_seconds"] += seconds
-    diversity = metrics.mean_pairwise_distance(generate(shown, run["diversity_noise"])) / run[
-        "real_pairwise"]
+    generated = generate(shown, run["diversity_noise"])                # (500, 3, 32, 32)
+    diversity = metrics.mean_pairwise_distance(generated) / run["real_pairwise"]
     run["progress_rows"].append(data.to_uint8(generate(shown, run["fixed_noise"][:8])))
     m = stats.mean(0).tolist()
     hist["epochs"].append(dict(epoch=epoch + 1, seconds=round(seconds, 3), d_loss=m[0],
@@ -280,8 +276,8 @@ def train(cfg, device):
 # ==== Evaluation ==============================================================================
 @torch.no_grad()
 def generate(G, z):
-    """Images in eval mode (BN uses its running statistics), so a picture of z does not depend on
-    what else is in the batch. Returns float (N, 3, 32, 32) in [-1, 1] on the CPU."""
+    """G(z) in eval mode (BN's running statistics: an image does not depend on its batch) -> float
+    (N, 3, 32, 32) in [-1, 1] on the CPU."""
     was_training, device = G.training, next(G.parameters()).device
     G.eval()
     out = torch.cat([G(z[i:i + FEATURE_BATCH].to(device)).cpu()
@@ -291,8 +287,7 @@ def generate(G, z):
 
 
 def real_diversity(train_x, seed):
-    """Mean pairwise L2 of N_DIVERSITY training images drawn with seed: the yardstick of the
-    diversity ratio (generated / real)."""
+    """Mean pairwise L2 of N_DIVERSITY training images: diversity's yardstick (generated / real)."""
     g = torch.Generator().manual_seed(seed)
     real = train_x[torch.randperm(len(train_x), generator=g)[:N_DIVERSITY]]
     return metrics.mean_pairwise_distance(data.to_float(real))
@@ -341,8 +336,7 @@ def evaluate_run(cfg, G, D, D0, device):
 
 # ---- images from a trained run: this file's pictures and compare.py's scores use these ----
 def load_trained(checkpoint, device):
-    """G and D of a checkpoint dict (runs.load_checkpoint), on device, memory format as trained.
-    A run made with remedies is refused in one line: dcgan_remedies.py builds its models."""
+    """G and D of a checkpoint dict, on device; a run with remedies is dcgan_remedies.py's."""
     if checkpoint.get("script", "dcgan.py") != "dcgan.py" or "G_ema" in checkpoint:
         raise ValueError("this checkpoint was trained with remedies: read it with "
                          "dcgan_remedies.py (the same flags), not dcgan.py")
@@ -352,8 +346,8 @@ def load_trained(checkpoint, device):
 
 
 def draw_samples(G, n, seed):
-    """n images G(z), z ~ N(0, I) drawn on the CPU with seed -> uint8 (n, 3, 32, 32) on the CPU.
-    With the run's own seed and n = N_FIXED these z are the run's fixed noise."""
+    """n images G(z), z ~ N(0, I) drawn with seed -> uint8 (n, 3, 32, 32): with the run's own seed
+    and n = N_FIXED, its fixed noise."""
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
     return data.to_uint8(generate(G, z))
 
@@ -415,9 +409,8 @@ def save_outputs(cfg, ckpt, figures, device, t_start, labels=LABELS):
           f"{out['memorisation_ratio']:.3f} | train {data.format_seconds(train_seconds)} | "
           f"outputs in {cfg['out']}")
     if last["diversity"] < MIN_DIVERSITY:   # the figure above would mislead without this
-        print(f"warning: diversity {last['diversity']:.3f} < {MIN_DIVERSITY}: the samples are "
-              "near-copies of one image, so the memorisation ratio only says how far that image "
-              "is from the training set; train longer (the quick look reaches ~0.9)")
+        print(f"warning: diversity {last['diversity']:.3f} < {MIN_DIVERSITY}: near-copies of one "
+              "image: the memorisation ratio only says how far it is from the training set")
     return out
 
 

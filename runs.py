@@ -764,9 +764,7 @@ def export_images(images, path):
         for i, img in enumerate(images):
             data.save_image(img, os.path.join(path, f"{i:05d}.png"))
     else:
-        buf = io.BytesIO()
-        np.savez(buf, images=images.permute(0, 2, 3, 1).contiguous().numpy())
-        data.atomic_write_bytes(path, buf.getvalue())
+        data.write_npz(path, images=images.permute(0, 2, 3, 1).contiguous().numpy())
 
 
 def export(cfg, script, image_sets, ckpt=None):
