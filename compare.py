@@ -27,7 +27,6 @@ import csv
 import functools
 import glob
 import importlib
-import importlib.util
 import io
 import json
 import os
@@ -46,6 +45,7 @@ import torch
 
 import data
 import dcgan
+import dcgan_remedies
 import metrics
 import runs
 import vae
@@ -72,14 +72,9 @@ SET_BY_COMPARE = ("--seed", "--out", "--data-dir", "--device", "--threads", "--e
 RUN_MODES = ("--export", "--export-recon", "--bench", "--resume")  # a script doing other than train
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)  # t quantile 0.975, df 1..9
 
-# The DCGAN remedies run from dcgan_remedies.py (dcgan.py's own while that file is being written);
-# their paired rows still set them against the plain "dcgan" run.
-REMEDIES = (importlib.import_module("dcgan_remedies") if importlib.util.find_spec("dcgan_remedies")
-            else dcgan)
-if not (all(hasattr(REMEDIES, f) for f in ("parse_args", "main", "load_trained", "sample_images",
-                                            "build_models"))
-        and (hasattr(REMEDIES, "OLD_CONFIGS") or hasattr(REMEDIES, "DEFAULTS"))):
-    REMEDIES = dcgan
+# The DCGAN remedies run from dcgan_remedies.py; their paired rows set them against the plain
+# "dcgan" run.
+REMEDIES = dcgan_remedies
 
 # name -> (script, its extra flags). The study's two models come first; --variants adds the rest.
 MODELS = {"vae": (vae, []), "dcgan": (dcgan, [])}
@@ -91,7 +86,7 @@ VARIANTS = {
     "dcgan_ttur": (REMEDIES, ["--ttur"]),                                   # Heusel et al. 2017
     "dcgan_mbd": (REMEDIES, ["--minibatch-disc"]),                          # Salimans et al. 2016
     "dcgan_all": (REMEDIES, ["--spectral-norm", "--ttur", "--minibatch-disc"]),
-    # The remedies for the 10k-image regime (issue 11), at the study's 40 epochs of data; WGAN-GP
+    # The remedies for the 10k-image regime, at the study's 40 epochs of data; WGAN-GP
     # then takes 5 critic steps per G step: about the default's wall time, a fifth of its G steps.
     "dcgan_wgangp": (REMEDIES, ["--loss", "wgan-gp"]),                      # Gulrajani et al. 2017
     "dcgan_diffaug": (REMEDIES, ["--diffaugment", "color,translation,cutout"]),  # Zhao et al. 2020
@@ -99,6 +94,7 @@ VARIANTS = {
     "dcgan_diffaug_ema": (REMEDIES, ["--diffaugment", "color,translation,cutout",
                                      "--ema", "0.999"]),
     "dcgan_ema099": (REMEDIES, ["--ema", "0.99"]),  # a 10x shorter window: ~100 G steps, not ~1,000
+    "dcgan_sa": (REMEDIES, ["--self-attention"]),                           # Zhang et al. 2019
     "vaegan": (vaegan, []),                                                 # Larsen et al. 2016
     "vaegan_gamma01": (vaegan, ["--gamma", "0.1"]),   # the feature error weighted 10x and 100x more
     "vaegan_gamma1": (vaegan, ["--gamma", "1"]),      # in the decoder's loss (default gamma 0.01)
