@@ -19,9 +19,10 @@ The remedies, and where each enters:
                       1e-4 with betas (0.5, 0.9); G minimises -mean(D(G(z)))
     --diffaugment     Zhao et al. 2020: random differentiable transforms of every batch D sees
     --ema             Yazici et al. 2019: pictures and figures from an average of G's weights
+    --self-attention  Zhang et al. 2019 (SAGAN): an attention block at 16 x 16 in G and in D,
+                      its output scale gamma starting at 0
 For hinge and wgan-gp D outputs an unbounded score, shown as it is; every loss is a batch mean.
-The record of each (README.md's claims table, docs/results.md): at the study's budget none beats
-the plain DCGAN but the EMA generator at decay 0.99.
+The record of each: README.md's claims table and docs/results.md.
 """
 import copy
 import math
