@@ -345,8 +345,8 @@ NOISE_OFFSETS = {
     "vaegan": 300_000,     # vaegan.py: eps and the prior's z_p of each epoch's training steps
     "gan_z": 500_000,      # dcgan.py: the z of each epoch's training steps
     "vae_eps": 700_000,    # vae.py: the reparameterisation noise of each epoch's steps
-    "vae_eval": 900_000,   # vae.py: one fixed eps for the test ELBO, the same at every evaluation
-    "diffaug": 1_100_000,  # dcgan.py --diffaugment: the transforms of each epoch's batches
+    "vae_eval": 900_000,   # vae.py: one fixed eps for the test loss (-ELBO), the same at every evaluation
+    "diffaug": 1_100_000,  # dcgan_remedies.py --diffaugment: the transforms of each epoch's batches
 }
 
 

@@ -1399,13 +1399,13 @@ class TestSelfAttention(OneThread):
             self.assertTrue(torch.nn.utils.parametrize.is_parametrized(conv, "weight"))
 
 
-class TestSelfAttentionRun(OneThread):
-    """dcgan_remedies.main with --self-attention on the synthetic archive, with other remedies."""
+class _GanArchive(OneThread):
+    """A synthetic archive of 100 training and 20 test images for a class of GAN runs."""
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.tmp = tempfile.mkdtemp(prefix="tests_sa_")
+        cls.tmp = tempfile.mkdtemp(prefix="tests_gan_")
         cls.data_dir = os.path.join(cls.tmp, "data")
         make_fake_cifar(cls.data_dir, n_train_per_batch=20, n_test=20)
 
@@ -1413,6 +1413,10 @@ class TestSelfAttentionRun(OneThread):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp, ignore_errors=True)
         super().tearDownClass()
+
+
+class TestSelfAttentionRun(_GanArchive):
+    """dcgan_remedies.main with --self-attention on the synthetic archive, with other remedies."""
 
     def run_main(self, *extra):
         argv = ["--data-dir", self.data_dir, "--no-download", "--out", os.path.join(self.tmp, "sa"),
@@ -1442,20 +1446,8 @@ class TestSelfAttentionRun(OneThread):
                           "--resume")
 
 
-class TestDcganRun(OneThread):
+class TestDcganRun(_GanArchive):
     """End-to-end runs of dcgan.main on a synthetic archive: 100 training images, 20 test."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.tmp = tempfile.mkdtemp(prefix="tests_dcgan_")
-        cls.data_dir = os.path.join(cls.tmp, "data")
-        make_fake_cifar(cls.data_dir, n_train_per_batch=20, n_test=20)
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        super().tearDownClass()
 
     def argv(self, out, *extra, epochs=2):
         return ["--data-dir", self.data_dir, "--no-download", "--out", os.path.join(self.tmp, out),
