@@ -93,7 +93,7 @@ def add_run_flags(p, epochs, subset, batch_size, seed, out):
     """Declare the 19 flags every training script takes, in their own --help group after the
     script's own flags; the defaults come from each script's settings block. check_run_flags
     validates them."""
-    p = p.add_argument_group("run settings, shared by vae.py, dcgan.py and vaegan.py (runs.py)")
+    p = p.add_argument_group("run settings, shared by every training script (runs.py)")
     p.add_argument("--epochs", type=int, default=epochs, help="total epochs (with --resume: the new total)")
     p.add_argument("--subset", type=int, default=subset,
                    help="training images, class-stratified: a multiple of 10 in [10, 50000]")
