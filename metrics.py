@@ -24,7 +24,6 @@ is fetched by a separate script, never silently.
 """
 import dataclasses
 import hashlib
-import io
 import os
 import sys
 import time
