@@ -672,18 +672,15 @@ def main(argv=None):
     import runs   # the shared one-line errors; imported here because runs.py imports this file
     p = runs.OneLineParser(description="Check the CIFAR-10 data: per-class counts, md5, and a "
                                 "grid of examples written to runs/data_examples.png.")
-    p.add_argument("--data-dir", default="data", help="folder holding cifar-10-python.tar.gz, "
-                   "cifar-10-binary.tar.gz or the folders they unpack to (default: data)")
-    p.add_argument("--no-download", action="store_true",
-                   help="never download; fail with a message if the archive is missing")
+    p.add_argument("--data-dir", default="data", help="folder holding the archive (or its folders)")
+    p.add_argument("--no-download", action="store_true", help="never download; fail with a message")
     p.add_argument("--out", default="runs/data_examples.png", help="example grid (.png or .ppm)")
     args = p.parse_args(argv)
     t0 = time.time()
     train_x, train_y = load_cifar10(args.data_dir, train=True, download=not args.no_download)
     test_x, test_y = load_cifar10(args.data_dir, train=False, download=False)
     kind, path = find_archive(args.data_dir)
-    print(f"source: {path} ({'python' if kind == 'py' else 'binary'} release), "
-          f"loaded in {time.time() - t0:.1f} s")
+    print(f"source: {path} ({kind} release), loaded in {time.time() - t0:.1f} s")
     if os.path.isfile(path):
         md5, official = archive_md5_note(path)
         print(f"md5: {md5} ({'official' if official else 'NOT the official archive'})")
@@ -691,9 +688,8 @@ def main(argv=None):
     for c, name in enumerate(CLASSES):
         print(f"{name:>12} {(train_y == c).sum().item():7d} {(test_y == c).sum().item():7d}")
     print(f"{'total':>12} {len(train_y):7d} {len(test_y):7d}")
-    # 8 examples of each class, one class per row, first ones in archive order
     picks = torch.cat([torch.nonzero(train_y == c).flatten()[:8] for c in range(10)])
-    save_grid(train_x[picks], args.out, nrow=8, row_labels=CLASSES,
+    save_grid(train_x[picks], args.out, nrow=8, row_labels=CLASSES,   # one class per row
               caption="CIFAR-10 training images, the first 8 of each class")
     print(f"wrote {args.out} (rows: {', '.join(CLASSES)})")
 
