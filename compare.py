@@ -107,7 +107,7 @@ VARIANTS = {
 def vae_features(ckpt, images, device, trained=True):
     """{"mu": (N, 64), "last conv": (N, 2048)}: a VAE's probe features, trained or at init."""
     model = vae.load_trained(ckpt, device) if trained else vae.build_model(ckpt["config"], device)
-    mu, conv = vae.encode_all(model, images, device)
+    mu, conv = vae.encode_all(model, images)
     return {"mu": mu.numpy(), "last conv": conv.numpy()}
 
 
@@ -372,7 +372,7 @@ def read_run_checkpoint(run_dir):
 
 def image_sets(kind):
     """The image sets scored: samples, and reconstructions where the reader has an encoder."""
-    encoder = hasattr(MODEL_FILES[kind]["reader"], "reconstruct_images")
+    encoder = hasattr(MODEL_FILES[kind]["reader"], "reconstruct")
     return ["samples", "reconstructions"] if encoder else ["samples"]
 
 
@@ -382,7 +382,8 @@ def run_images(kind, run_dir, ref_x, n, device):
     with runs.checkpoint_errors(os.path.join(run_dir, "checkpoint.pt")):
         sets = {"samples": reader.sample_images(ckpt, n, EVAL_SEED, device)}
         if "reconstructions" in image_sets(kind):
-            sets["reconstructions"] = reader.reconstruct_images(ckpt, ref_x[:n], device)
+            sets["reconstructions"] = reader.reconstruct(reader.load_trained(ckpt, device),
+                                                         ref_x[:n])
     return sets
 
 

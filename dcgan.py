@@ -20,7 +20,6 @@ Left out on purpose: FID and the Inception Score (compare.py's business: they ne
 network), label smoothing, feature matching and the other tricks the study does not use.
 """
 import json
-import math
 import os
 import sys
 import time
@@ -208,7 +207,6 @@ def start(cfg, device, G, D, opt_g, opt_d, keys=RESUME_KEYS, defaults=None):
     """What a run needs before epoch 1, as a dict: the batches, the fixed noise; with --resume the
     checkpoint's weights, optimiser states, history (keys: settings it must share)."""
     ckpt = runs.resume_checkpoint(cfg, keys, defaults)           # None without --resume
-    print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     g = torch.Generator().manual_seed(cfg["seed"])               # the run's fixed noise:
     fixed = torch.randn(N_FIXED, Z_DIM, generator=g)             # samples, progress, interpolations
@@ -244,19 +242,16 @@ def end_epoch(run, cfg, epoch, stats, seconds, G, D, opt_g, opt_d, shown, extra=
                                g_loss=m[1], d_x=m[2], d_g_z=m[3], diversity=diversity))
     hist["steps"] += [dict(step=epoch * steps + i + 1, d_loss=s[0], g_loss=s[1], d_x=s[2],
                            d_g_z=s[3]) for i, s in enumerate(stats.tolist())]
-    eta = run["train_seconds"] / len(hist["epochs"]) * (cfg["epochs"] - epoch - 1)
+    eta = runs.eta(hist["epochs"][run["epoch"]:], cfg["epochs"] - epoch - 1)   # this process's
     print(f"epoch {epoch + 1:3d}/{cfg['epochs']} | d_loss {m[0]:.3f} | g_loss {m[1]:.3f} | "
           f"D(x) {m[2]:.3f} | D(G(z)) {m[3]:.3f} | diversity {diversity:.3f} | "
           f"{seconds:.1f} s | ETA {data.format_seconds(eta)}")
-    ckpt = dict(G=G.state_dict(), D=D.state_dict(), opt_g=opt_g.state_dict(),
-                opt_d=opt_d.state_dict(), config=cfg, epoch=epoch + 1, history=hist,
-                fixed_noise=run["fixed_noise"], progress_rows=run["progress_rows"],
-                train_seconds=run["train_seconds"], torch_rng=torch.get_rng_state(),
-                note="z noise and data order are reseeded from (seed, epoch)",
-                script=cfg["script"], provenance=runs.provenance(cfg)) | (extra or {})
-    runs.atomic_torch_save(ckpt, os.path.join(cfg["out"], "checkpoint.pt"))
-    data.write_json(os.path.join(cfg["out"], "history.json"), hist)
-    return ckpt
+    return runs.save_epoch(cfg, dict(
+        G=G.state_dict(), D=D.state_dict(), opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(),
+        epoch=epoch + 1, history=hist, fixed_noise=run["fixed_noise"],
+        progress_rows=run["progress_rows"], train_seconds=run["train_seconds"],
+        torch_rng=torch.get_rng_state(), note="z noise and data order are reseeded from (seed, "
+        "epoch)") | (extra or {}))
 
 
 def train(cfg, device):
@@ -392,32 +387,25 @@ def save_pictures(cfg, ckpt, G, labels=LABELS):
 
 def save_outputs(cfg, ckpt, figures, device, t_start, labels=LABELS):
     """metrics.json: the last epoch's losses and diversity, the final figures. Returns its dict."""
-    epochs, train_seconds = ckpt["history"]["epochs"], ckpt["train_seconds"]
+    epochs = ckpt["history"]["epochs"]
     last = epochs[-1]          # the last epoch's means: where training left the game
-    out = dict(
-        d_loss=last["d_loss"], g_loss=last["g_loss"], g_d_ratio=last["g_loss"] / last["d_loss"],
-        d_x=last["d_x"], d_g_z=last["d_g_z"], diversity=last["diversity"], **figures,
-        epochs=len(epochs), train_seconds=train_seconds, run_seconds=time.perf_counter() - t_start,
-        seconds_per_epoch=train_seconds / len(epochs), **runs.run_record(cfg, device),
-        units=f"losses: {labels['units']}; d_x, d_g_z: D's mean {labels['output']}; seconds: "
-              "wall (train: training steps; run: this call); distances: L2 over 3072 pixels in "
-              "[-1, 1]; diversity: generated / real mean pairwise L2; memorisation_ratio: nearest-"
-              "training-image L2 of generated / of test images")
-    data.write_json(os.path.join(cfg["out"], "metrics.json"), out)
+    game = dict(d_loss=last["d_loss"], g_loss=last["g_loss"],
+                g_d_ratio=last["g_loss"] / last["d_loss"], d_x=last["d_x"], d_g_z=last["d_g_z"],
+                diversity=last["diversity"])
     print(f"d_loss {last['d_loss']:.3f} | g_loss {last['g_loss']:.3f} | ratio g/d "
-          f"{out['g_d_ratio']:.2f} | diversity {last['diversity']:.3f} | memorisation ratio "
-          f"{out['memorisation_ratio']:.3f} | train {data.format_seconds(train_seconds)} | "
-          f"outputs in {cfg['out']}")
+          f"{game['g_d_ratio']:.2f} | diversity {last['diversity']:.3f} | memorisation ratio "
+          f"{figures['memorisation_ratio']:.3f}")
     if last["diversity"] < MIN_DIVERSITY:   # the figure above would mislead without this
         print(f"warning: diversity {last['diversity']:.3f} < {MIN_DIVERSITY}: near-copies of one "
               "image: the memorisation ratio only says how far it is from the training set")
-    return out
+    return runs.save_metrics(cfg, dict(game, **figures), len(epochs), ckpt["train_seconds"],
+                             t_start, device, f"losses: {labels['units']}; d_x, d_g_z: D's mean "
+                             f"{labels['output']}; distances: L2 over 3072 pixels in [-1, 1]; "
+                             "diversity: generated / real mean pairwise L2; memorisation_ratio: "
+                             "nearest-training-image L2 of generated / of test images")
 
 
 # ==== Command line ============================================================================
-EXAMPLES = ("python dcgan.py --epochs 5 --width 0.5 --no-probe --out runs/dcgan_quick  # a look",
-            "python dcgan.py                                    # the study: 40 epochs, 10k images",
-            "python dcgan.py --weights weights/dcgan.pt --out runs/dcgan_shipped  # the shipped G")
 OUTPUTS = ("checkpoint.pt   all it takes to --resume exactly (written atomically every epoch)",
            "history.json    losses, D(x), D(G(z)) per step; diversity per epoch;  metrics.json  "
            "the final figures, with their units",
@@ -426,24 +414,17 @@ OUTPUTS = ("checkpoint.pt   all it takes to --resume exactly (written atomically
 
 def add_flags(p):   # the plain DCGAN's own flags (dcgan_remedies.py adds its own after these)
     g = p.add_argument_group("the DCGAN")
-    g.add_argument("--lr-d", type=float, default=None, help=f"D's Adam lr (unset: {LR:g})")
-    g.add_argument("--lr-g", type=float, default=None, help=f"G's Adam lr (unset: {LR:g})")
-    g.add_argument("--log-every", type=int, default=0, help="also log every N steps (0: per epoch)")
-
-
-def check_flags(a):   # lr_d and lr_g resolved: the defaults filled in
-    if a.log_every < 0:
-        raise ValueError(f"--log-every must be >= 0, got {a.log_every}")
-    for name, lr in (("--lr-d", a.lr_d), ("--lr-g", a.lr_g)):
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"{name} must be a positive number, got {lr}")
+    g.add_argument("--lr-d", type=runs.POSITIVE, default=None, help=f"D's Adam lr (unset: {LR:g})")
+    g.add_argument("--lr-g", type=runs.POSITIVE, default=None, help=f"G's Adam lr (unset: {LR:g})")
+    g.add_argument("--log-every", type=runs.checked(int, lambda v: v >= 0, ">= 0"), default=0,
+                   help="also log every N steps (0: per epoch)")
 
 
 def parse_args(argv=None):
     """The DCGAN's flags, then the shared ones (runs.add_run_flags), checked before any work starts
     (runs.cli_main prints a ValueError as one line, exit 2); a remedy's flag: where it went."""
     p = runs.make_parser("The plain DCGAN on CIFAR-10 (the file's docstring explains it; the "
-                         "remedies are in dcgan_remedies.py).", EXAMPLES, OUTPUTS)
+                         "remedies are in dcgan_remedies.py).", runs.doc_examples(__doc__), OUTPUTS)
     add_flags(p)
     runs.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
     a, unknown = p.parse_known_args(argv)
@@ -453,7 +434,6 @@ def parse_args(argv=None):
                          "dcgan_remedies.py, which takes every dcgan.py flag too")
     a.script = "dcgan.py"     # saved with the config: which file's models and loop made the run
     a.lr_d, a.lr_g = (LR if lr is None else lr for lr in (a.lr_d, a.lr_g))
-    check_flags(a)
     runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
     return vars(a)
 

@@ -25,7 +25,6 @@ For hinge and wgan-gp D outputs an unbounded score, shown as it is; every loss i
 The record of each: README.md's claims table and docs/results.md.
 """
 import copy
-import math
 import sys
 from typing import Callable, NamedTuple
 
@@ -433,16 +432,18 @@ def parse_args(argv=None):
     """dcgan.py's flags, the remedies', then the shared ones, validated before any work starts.
     The --loss's LOSSES entry gives the learning rates, betas and --n-critic not set."""
     p = runs.make_parser("The DCGAN's remedies on CIFAR-10 (the docstring of dcgan_remedies.py "
-                         "explains them; dcgan.py the plain DCGAN).", EXAMPLES, dcgan.OUTPUTS)
+                         "explains them; dcgan.py the plain DCGAN).", runs.doc_examples(__doc__),
+                         dcgan.OUTPUTS)
     dcgan.add_flags(p)
     r = p.add_argument_group("remedies, off by default")
     r.add_argument("--loss", choices=list(LOSSES), default="bce",
                    help="bce: the study's game; hinge: Lim & Ye 2017; wgan-gp: Gulrajani et al. "
                         f"2017, a critic without BN, Adam {WGAN_LR:g} with betas {WGAN_BETAS}")
-    r.add_argument("--n-critic", type=int, default=None,
+    r.add_argument("--n-critic", type=runs.checked(int, lambda v: v >= 1, ">= 1"), default=None,
                    help=f"D steps per G step, each on its own batch; unset: {WGAN_N_CRITIC} for "
                         "wgan-gp, else 1")
-    r.add_argument("--gp-weight", type=float, default=GP_WEIGHT, help="lambda of wgan-gp's penalty")
+    r.add_argument("--gp-weight", type=runs.NON_NEGATIVE, default=GP_WEIGHT,
+                   help="lambda of wgan-gp's penalty")
     r.add_argument("--spectral-norm", action="store_true", help="Miyato et al. 2018, on D (no BN)")
     r.add_argument("--ttur", action="store_true", help=f"Heusel et al. 2017: lr-d {TTUR_LR_D:g}, "
                    f"lr-g {TTUR_LR_G:g} (unless --lr-d/--lr-g); wgan-gp's lr is {WGAN_LR:g}")
@@ -451,7 +452,8 @@ def parse_args(argv=None):
     r.add_argument("--diffaugment", default="", metavar="POLICY",
                    help=f"Zhao et al. 2020: comma-separated transforms from {','.join(AUGMENTS)} "
                         "applied to every batch D sees (e.g. color,translation,cutout)")
-    r.add_argument("--ema", type=float, default=0.0,
+    r.add_argument("--ema", type=runs.checked(float, lambda v: 0 <= v < 1, "in [0, 1)"),
+                   default=0.0,
                    help="Yazici et al. 2019: decay of an average of G's weights, in [0, 1) (0: "
                         "off; at the study's 3,120 G steps the record measured 0.99 a gain, 0.999 "
                         "worse); pictures and figures then come from it")
@@ -460,12 +462,7 @@ def parse_args(argv=None):
                         "its output scale gamma from 0 (the run starts as the one without it)")
     runs.add_run_flags(p, epochs=dcgan.EPOCHS, subset=dcgan.SUBSET, batch_size=dcgan.BATCH_SIZE,
                        seed=dcgan.SEED, out=dcgan.OUT)
-    a = p.parse_args(argv)
-    check_remedy_flags(a)
-    a.script = "dcgan_remedies.py"
-    dcgan.check_flags(a)
-    runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
-    return vars(a)
+    return runs.parse_run_flags(p, argv, "dcgan_remedies.py", check_remedy_flags)
 
 
 def check_remedy_flags(a):
@@ -476,24 +473,13 @@ def check_remedy_flags(a):
                          "sample's critic score depend on the rest of the batch, as BatchNorm "
                          "does, which the per-sample gradient penalty assumes away")
     a.n_critic = loss.n_critic if a.n_critic is None else a.n_critic
-    if a.n_critic < 1:
-        raise ValueError(f"--n-critic must be >= 1, got {a.n_critic}")
-    if not (math.isfinite(a.gp_weight) and a.gp_weight >= 0):
-        raise ValueError(f"--gp-weight must be a number >= 0, got {a.gp_weight}")
     a.diffaugment = [t for t in a.diffaugment.split(",") if t]
     if set(a.diffaugment) - set(AUGMENTS):
         raise ValueError(f"--diffaugment: unknown {', '.join(set(a.diffaugment) - set(AUGMENTS))};"
                          f" choose from {', '.join(AUGMENTS)}")
-    if not (math.isfinite(a.ema) and 0 <= a.ema < 1):
-        raise ValueError(f"--ema must be in [0, 1), got {a.ema}")
     a.betas = list(loss.betas)
     a.lr_d = a.lr_d if a.lr_d is not None else (TTUR_LR_D if a.ttur else loss.lr)
     a.lr_g = a.lr_g if a.lr_g is not None else (TTUR_LR_G if a.ttur else loss.lr)
-
-
-EXAMPLES = ("python dcgan_remedies.py --loss wgan-gp --out runs/dcgan_wgangp",
-            "python dcgan_remedies.py --spectral-norm --ttur --minibatch-disc --out runs/dcgan_all",
-            "python dcgan_remedies.py --ema 0.99 --out runs/dcgan_ema099")
 
 
 # ==== Main: as dcgan.py's =====================================================================

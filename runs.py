@@ -74,11 +74,35 @@ def cli_main(main_fn):
         sys.exit(2)
 
 
+def checked(kind, ok, rule):
+    """An argparse type: kind(text) (int or float), refused unless finite and ok(value); a bad
+    value's error names the flag, the rule and the value in one line (exit 2, as every error)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    parse.__name__ = kind.__name__    # argparse names the type in some messages
+    return parse
+
+
+POSITIVE = checked(float, lambda v: v > 0, "a number > 0")       # learning rates
+NON_NEGATIVE = checked(float, lambda v: v >= 0, "a number >= 0")  # loss weights
+
+
 PRECISIONS = ("fp32", "bf16")   # --precision of training (and metrics.py's of the Inception network)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help with every default shown, and the epilog's example lines kept as written."""
+
+
+def doc_examples(doc):
+    """The command lines of a script's docstring (its lines "    python ..."): its --help examples."""
+    return [line.strip() for line in doc.splitlines() if line.startswith("    python ")]
 
 
 def make_parser(description, examples, outputs):
@@ -133,6 +157,18 @@ def add_run_flags(p, epochs, subset, batch_size, seed, out):
                    "reconstructions of the N reference test images compare.py uses, not samples")
 
 
+def parse_run_flags(p, argv, script, check=None):
+    """Parse argv with a script's parser p; check(namespace), the script's own rules, if given;
+    then the shared flags (check_run_flags, last: its checks touch the disk). -> the config dict,
+    with "script": the file whose model and loop make the run."""
+    a = p.parse_args(argv)
+    a.script = script
+    if check is not None:
+        check(a)
+    check_run_flags(a)
+    return vars(a)
+
+
 def check_run_flags(a):
     """Validate the shared flags of an argparse namespace, one rule each, before any work starts
     (cli_main prints the ValueError as one line). The checks that touch the disk come last, so a
@@ -178,6 +214,7 @@ def check_run_flags(a):
 
 def setup_run(cfg):
     """The device of a run, its CPU threads, and deterministic kernels -> torch.device."""
+    print("config " + json.dumps(cfg, sort_keys=True))   # every setting of the run, resolved
     device = pick_device(cfg["device"])
     if cfg["threads"]:
         # Each op splits over the threads and waits for the slowest; when another job holds a
@@ -286,6 +323,20 @@ def run_record(cfg, device):
 OLD_CONFIGS = dict(precision="fp32")   # what a config saved before a shared flag existed meant
 
 
+def save_metrics(cfg, figures, epochs, train_seconds, t_start, device, units):
+    """OUT/metrics.json: a run's final figures, its times (seconds, wall: train_seconds the
+    training steps', run_seconds this call's since t_start) and record (run_record), with the
+    units of its figures. Returns the dict written."""
+    out = dict(figures, epochs=epochs, train_seconds=train_seconds,
+               seconds_per_epoch=train_seconds / epochs, run_seconds=time.perf_counter() - t_start,
+               **run_record(cfg, device), units=units + "; seconds: wall (train: the training "
+               "steps; run: this call, data to last file)")
+    data.write_json(os.path.join(cfg["out"], "metrics.json"), out)
+    print(f"outputs in {cfg['out']} | run {data.format_seconds(out['run_seconds'])} (training "
+          f"{data.format_seconds(train_seconds)})")
+    return out
+
+
 def resume_checkpoint(cfg, same_keys, defaults=None):
     """With --resume, OUT/checkpoint.pt, refused in one line if any of same_keys (the settings
     that define the experiment) differs from this run's, or if another script made it; without
@@ -327,12 +378,32 @@ def load_checkpoint(path, hint, config=None, same_keys=(), defaults=None):
     ckpt = check_checkpoint(ckpt, path)
     if "metrics" in ckpt and "history" not in ckpt:   # older vae.py/vaegan.py: the same history
         ckpt["history"] = ckpt.pop("metrics")
+    for e in ckpt.get("history", {}).get("epochs", []):   # ... whose loss was named "elbo"
+        e.update({k.replace("elbo", "neg_elbo"): e.pop(k) for k in list(e) if k.endswith("_elbo")
+                  and not k.endswith("neg_elbo")})
     for k in same_keys:
         saved = ckpt["config"].get(k, (defaults or {}).get(k))
         if saved != config[k]:
             raise ValueError(f"{path} was made with {k}={saved}, this run has {config[k]}; "
                              "pass the same settings")
     return ckpt
+
+
+def save_epoch(cfg, ckpt):
+    """The end of an epoch on disk: ckpt (a dict: weights, optimiser states, "history", what
+    --resume needs) with the config, the script and its provenance, written atomically to
+    OUT/checkpoint.pt; its history to OUT/history.json. Returns the saved dict."""
+    ckpt = dict(ckpt, config=cfg, script=cfg["script"], provenance=provenance(cfg))
+    atomic_torch_save(ckpt, os.path.join(cfg["out"], "checkpoint.pt"))
+    data.write_json(os.path.join(cfg["out"], "history.json"), ckpt["history"])
+    return ckpt
+
+
+def eta(epochs_done, epochs_left):
+    """Seconds still to go: the mean time of this process's epochs (their "seconds" and
+    "eval_seconds"), times the epochs left."""
+    per_epoch = sum(e["seconds"] + e.get("eval_seconds", 0) for e in epochs_done) / len(epochs_done)
+    return per_epoch * epochs_left
 
 
 # ==== Seeds and batches ======================================================================
@@ -594,9 +665,10 @@ def other_mode(cfg, device, model_file):
         return bench(cfg, device, model_file)
     script, ckpt = cfg["script"], read_weights(cfg["weights"], cfg["script"]) if cfg["weights"] else None
     sets = {"samples": lambda c, n: model_file.sample_images(c, n, metrics.EVAL_SEED, device)}
-    if hasattr(model_file, "reconstruct_images"):   # the VAEs: the reference draw of n test images
-        sets["reconstructions"] = lambda c, n: model_file.reconstruct_images(c, metrics.reference_images(
-            cfg["data_dir"], "test", n, download=not cfg["no_download"]), device)
+    if hasattr(model_file, "reconstruct"):   # the VAEs: the reference draw of n test images
+        sets["reconstructions"] = lambda c, n: model_file.reconstruct(model_file.load_trained(
+            c, device), metrics.reference_images(cfg["data_dir"], "test", n,
+                                                 download=not cfg["no_download"]))
     if cfg["export"]:
         return export(cfg, script, sets, ckpt)
     model_file.pictures(dict(ckpt["config"], out=cfg["out"], data_dir=cfg["data_dir"]), ckpt, device)

@@ -673,7 +673,8 @@ class TestMixedPrecision(OneThread):
             with mock.patch.object(runs, "native_bf16", lambda device: native), contextlib.redirect_stdout(out):
                 runs.setup_run(cfg)
             self.assertIn(text, out.getvalue())
-            self.assertEqual(out.getvalue().count("\n"), 1)
+            lines = out.getvalue().splitlines()          # the run's config, then the one bf16 line
+            self.assertEqual((len(lines), lines[0][:7]), (2, "config "))
 
 
 class TestVAELoss(unittest.TestCase):
@@ -769,7 +770,7 @@ class TestVAERun(OneThread):
                   "interpolations.png", "samples.png", "curves.png"):
             self.assertTrue(os.path.getsize(os.path.join(out, f)) > 0, f)
         for k in ("test_neg_elbo", "test_recon", "test_kl", "probe_acc", "pixel_probe_acc", "random_probe_acc",
-                  "conv_probe_acc", "random_conv_probe_acc", "params", "train_seconds", "total_seconds",
+                  "conv_probe_acc", "random_conv_probe_acc", "params", "train_seconds", "run_seconds",
                   "device", "torch", "seed", "config"):
             self.assertIn(k, m)
         self.assertAlmostEqual(m["test_neg_elbo"], m["test_recon"] + m["test_kl"], places=6)
@@ -891,7 +892,7 @@ class TestVAERun(OneThread):
                                            os.path.join(self.root, "cyc_killed"), "--resume", "--epochs", "3",
                                            "--beta-schedule", "cyclical", "--cycles", "3", "--no-probe"])
         self.assertEqual(code, 2)
-        self.assertIn("--epochs", err)
+        self.assertIn("made with epochs=2, this run has 3", err)
 
     def test_bad_flags_one_line_exit_2(self):
         base = ["--data-dir", os.path.join(self.root, "data"), "--no-download"]
@@ -976,7 +977,7 @@ class TestVAERun(OneThread):
         self.assertGreater(above, 0)
         self.assertEqual(left, 0)
         test_x, _ = data.load_cifar10(os.path.join(self.root, "data"), train=False, download=False)
-        rec = vae.reconstruct_images(ck, test_x[:16])
+        rec = vae.reconstruct(vae.load_trained(ck, "cpu"), test_x[:16])
         want = data.make_grid(torch.cat([test_x[:8], rec[:8], test_x[8:16], rec[8:]]))   # images over recons
         self.assertGreater(min(grid_block("reconstructions.png", want)), 0)
         # interpolations.png: its first and last columns are the real test images A and B
@@ -991,7 +992,7 @@ class TestVAERun(OneThread):
         with mock.patch.object(compare, reader, lambda run_dir: ck):
             sets = compare.run_images("vae", out, test_x, 10, "cpu")
         self.assertTrue(torch.equal(sets["samples"], vae.sample_images(ck, 10, compare.EVAL_SEED)))
-        self.assertTrue(torch.equal(sets["reconstructions"], vae.reconstruct_images(ck, test_x[:10])))
+        self.assertTrue(torch.equal(sets["reconstructions"], vae.reconstruct(vae.load_trained(ck, "cpu"), test_x[:10])))
 
     def test_a_whole_run_with_float64_forbidden_on_the_device(self):
         # Apple GPUs (the study's machine) have no float64: every value must leave the device as
@@ -1000,7 +1001,7 @@ class TestVAERun(OneThread):
         with mock.patch.object(vae, "build_model", lambda *a: on_device(real_build(*a))):
             m = _vae_run(self.root, "mps_like", "--epochs", "1")
             ck = _vae_load(os.path.join(self.root, "mps_like", "checkpoint.pt"))
-            vae.sample_images(ck, 3, 0), vae.reconstruct_images(ck, torch.zeros(3, 3, 32, 32, dtype=torch.uint8))
+            vae.sample_images(ck, 3, 0), vae.reconstruct(vae.load_trained(ck, "cpu"), torch.zeros(3, 3, 32, 32, dtype=torch.uint8))
         self.assertTrue(math.isfinite(m["test_neg_elbo"]))
         with self.assertRaises(TypeError):        # the guard is real: the old .double() on the device
             (on_device(vae.VAE()).decode(torch.zeros(1, 64)) - 1).double()
@@ -1131,13 +1132,13 @@ class TestDcganModel(OneThread):
         self.assertEqual(groups, sorted(groups))
         self.assertLess(text.index("--lr-d"), text.index("--loss"))
         self.assertLess(text.index("--ema"), text.index("--epochs"))
-        for line in rd.EXAMPLES + dcgan.OUTPUTS:
+        for line in runs.doc_examples(rd.__doc__) + list(dcgan.OUTPUTS):
             self.assertIn(line, text)
         out = io.StringIO()
         with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
             dcgan.parse_args(["--help"])
         self.assertNotIn("--loss", out.getvalue())                   # the plain DCGAN: no remedy
-        for line in dcgan.EXAMPLES + dcgan.OUTPUTS:
+        for line in runs.doc_examples(dcgan.__doc__) + list(dcgan.OUTPUTS):
             self.assertIn(line, out.getvalue())
         self.assertIn("--epochs 5 --width 0.5 --no-probe", dcgan.__doc__)  # quick look
         self.assertTrue(all(len(line) <= 100 for line in dcgan.__doc__.splitlines()))

@@ -5,6 +5,7 @@ Run:
     python vae.py --epochs 5 --no-probe --out runs/vae_quick    # a quick look
     python vae.py                            # the study: 20 epochs, 10k subset, seed 42
     python vae.py --resume                   # continue runs/vae/checkpoint.pt exactly
+    python vae.py --beta-schedule cyclical --out runs/vae_cyclical   # the study's KL annealing
     python vae.py --weights weights/vae.pt --out runs/vae_shipped   # the shipped model's pictures
 The README explains the model and says what the pictures show and how long each run takes.
 
@@ -16,7 +17,6 @@ numbers; --resume of a killed run gives the weights of an uninterrupted one.
 Left out on purpose: the study's perceptual (VGG) loss (needs a pretrained network), a learned
 decoder variance, importance-weighted bounds.
 """
-import json
 import math
 import os
 import sys
@@ -44,23 +44,21 @@ RAMP_FRACTION = 0.5      # linear/cyclical: share of each cycle spent rising (Fu
 EVAL_BATCH = 500         # images per forward pass at evaluation (no gradients, so larger is fine)
 EPOCH_TEST = 2_000       # test images in each epoch's line (~200 per class; all 10,000 at the end)
 N_SHOW, N_SAMPLES = 16, 64  # reconstructions.png: 16 test images; samples.png: 64 decoded z
-N_INTERP_PAIRS, N_INTERP_STEPS = 8, 8  # interpolations.png: 8 rows of A, 8 points, B
+N_INTERP_STEPS = 8       # interpolations.png: 8 rows of test image A, 8 points between, B
 PROGRESS_ROWS, PLANE = 10, 15  # epochs shown in progress.png; plane.png (2-d z): 15 x 15 points
-# Settings that define the experiment: --resume refuses a checkpoint made with different ones.
 RESUME_KEYS = ("subset", "batch_size", "lr", "seed", "width", "beta", "beta_schedule", "cycles",
-               "precision", "latent_dim")
+               "precision", "latent_dim")   # --resume refuses a checkpoint with other values
 
 
 # ==== Model ===================================================================================
+# down: conv 4x4, stride 2, padding 1 halves H and W; up: its transpose doubles them. Each then BN
+# and ReLU, with no conv bias: BN subtracts the batch mean, which cancels any bias exactly.
 def down(c_in, c_out):
-    """Conv 4x4, stride 2, padding 1 (halves H and W) + BN + ReLU. No conv bias: BN subtracts the
-    batch mean, which cancels any bias exactly."""
     return [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
             nn.ReLU()]
 
 
 def up(c_in, c_out):
-    """ConvTranspose 4x4, stride 2, padding 1 (doubles H and W) + BN + ReLU, no bias (as above)."""
     return [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(c_out), nn.ReLU()]
 
@@ -106,16 +104,14 @@ class VAE(nn.Module):
         return self.decoder(self.fc_dec(z))
 
     def forward(self, x, eps=None):
-        """eps: (B, 64) noise for the reparameterisation trick, z = mu + sigma * eps. None: z = mu,
-        the deterministic code used for reconstructions and probes."""
+        """eps (B, 64) ~ N(0, I): z = mu + sigma * eps, as in training; None: z = mu."""
         mu, logvar = self.encode(x)
         z = mu if eps is None else reparameterise(mu, logvar, eps)
         return self.decode(z), mu, logvar
 
 
 def build_model(cfg, device="cpu"):
-    """The model at its init for cfg's seed, on device: after training, the very same untrained
-    network again, for the random-init probe baselines."""
+    """The model at its init for cfg's seed, on device (the probes' untrained baseline too)."""
     torch.manual_seed(cfg["seed"])
     return runs.to_device(VAE(cfg.get("latent_dim", LATENT_DIM), cfg["width"]), cfg, device)
 
@@ -136,12 +132,11 @@ def vae_loss(x_hat, x, mu, logvar, beta=1.0):
 
 
 def beta_at(step, total_steps, beta_max=BETA, schedule=BETA_SCHEDULE, cycles=CYCLES):
-    """The KL weight at step `step` (0-based) of `total_steps`: 1 at every step for the plain VAE.
-    The study's future work: a weight beta (Higgins et al. 2017, --beta: above 1 presses q(z|x)
-    to N(0, I), below 1 lets z carry more of the image), and KL annealing, which starts beta at 0
-    so the decoder learns to use z before the KL pulls the code onto the prior. cyclical (Fu et
-    al. 2019, eq. 6; the study's slide): `cycles` cycles of T / M steps, beta rising linearly from
-    0 to beta_max over the first RAMP_FRACTION of each, then holding; linear: one such cycle."""
+    """The KL weight at step `step` (0-based) of `total_steps`: 1 throughout for the plain VAE. The
+    study's future work: a weight beta (Higgins et al. 2017: above 1 presses q(z|x) to N(0, I),
+    below 1 lets z carry more of the image) and KL annealing (beta from 0: the decoder learns to use
+    z before the KL pulls the code onto the prior). cyclical: Fu et al. 2019, eq. 6, the study's
+    slide: `cycles` cycles (linear: one), each a ramp 0 -> beta_max over RAMP_FRACTION, a hold."""
     if schedule == "constant":
         return float(beta_max)
     period = total_steps / (1 if schedule == "linear" else cycles)
@@ -163,9 +158,8 @@ def train_step(model, optimizer, x, eps, beta=1.0):
 
 # ==== The training loop =======================================================================
 def train_epoch(model, optimizer, batches, betas, noise, cfg):
-    """train_step over `batches` ((x, y) pairs, x float (B, 3, 32, 32) on the model's device);
-    betas[i]: step i's KL weight; noise: the CPU generator of eps. Returns a (steps, 4) CPU tensor
-    of loss, mse, kl and batch size per step, moved off the device once."""
+    """train_step over `batches` ((x, y), x float (B, 3, 32, 32) on the device) with KL weights
+    betas[i] and eps from the CPU generator noise -> a (steps, 4) CPU tensor: loss, mse, kl, B."""
     model.train()
     net, stats, sizes = runs.mixed_precision(model, cfg), [], []   # bf16: autocast inside net
     for i, (x, _) in enumerate(batches):
@@ -179,20 +173,16 @@ def train_epoch(model, optimizer, batches, betas, noise, cfg):
 def train(cfg, device):
     """Train (or --resume) the run cfg describes; after every epoch, OUT/checkpoint.pt and
     OUT/history.json. Returns the last checkpoint dict, which everything after training reads."""
-    ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS, dict(latent_dim=LATENT_DIM))   # or None
-    if ckpt and ckpt["config"]["epochs"] != cfg["epochs"] and cfg["beta_schedule"] != "constant":
-        raise ValueError(f"--resume: the {cfg['beta_schedule']} beta schedule is laid out over "
-                         f"--epochs {ckpt['config']['epochs']}; pass that --epochs")
-    print("config " + json.dumps(cfg, sort_keys=True))
+    scheduled = ("epochs",) if cfg["beta_schedule"] != "constant" else ()   # laid over --epochs
+    ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS + scheduled, dict(latent_dim=LATENT_DIM))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, _ = data.load_cifar10(cfg["data_dir"], train=False, download=False)
     batches = runs.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"],
                            shuffle=True)   # the whole subset on the device as uint8; no DataLoader
     steps, model = len(batches), build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    print(f"params {runs.count_params(model):,} | device {device} | {len(train_x)} train images | "
-          f"{steps} steps/epoch | beta {cfg['beta']:g} ({cfg['beta_schedule']}) | "
-          f"{runs.speed_line(cfg)}")
+    print(f"params {runs.count_params(model):,} | {len(train_x)} train images | {steps} steps/epoch"
+          f" | beta {cfg['beta']:g} ({cfg['beta_schedule']}) | {runs.speed_line(cfg)} on {device}")
     history, rows, start = {"epochs": []}, [], 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"]), optimizer.load_state_dict(ckpt["optimizer"])
@@ -211,8 +201,8 @@ def train(cfg, device):
                           "try a lower --lr")
 
         # ---- evaluation and logging: one line per epoch, with the ETA ----
-        # train: running means of the epoch's steps (train mode, sampled z, weights moving),
-        # weighted by batch size (the last batch is smaller); test: the first EPOCH_TEST images
+        # train: the running means of the epoch's steps (train mode, sampled z, moving weights),
+        # by batch size (the last is smaller); test: the first EPOCH_TEST images, eval mode
         w = stats[:, 3] / stats[:, 3].sum()
         mse, kl = float((stats[:, 1] * w).sum()), float((stats[:, 2] * w).sum())
         te = evaluate(model, test_x[:EPOCH_TEST], cfg["seed"])
@@ -224,32 +214,26 @@ def train(cfg, device):
             train_neg_elbo=mse + kl, train_recon=mse, train_kl=kl, test_neg_elbo=te["neg_elbo"],
             test_recon=te["recon"], test_kl=te["kl"], test_images=min(EPOCH_TEST, len(test_x)),
             eval_seconds=round(time.perf_counter() - t0, 3)))
-        done = history["epochs"][start:]
-        eta = sum(d["seconds"] + d["eval_seconds"] for d in done) / len(done) * (
-            cfg["epochs"] - epoch - 1)
+        eta = runs.eta(history["epochs"][start:], cfg["epochs"] - epoch - 1)
         print(f"epoch {epoch + 1:3d}/{cfg['epochs']} | train loss {mse + kl:7.2f} = recon "
               f"{mse:7.2f} + kl {kl:6.2f} | test[:{EPOCH_TEST}] loss {te['neg_elbo']:7.2f} = recon "
               f"{te['recon']:7.2f} + kl {te['kl']:6.2f} | beta {sum(betas) / len(betas):.3f} | "
               f"{seconds:.1f} s | ETA {data.format_seconds(eta)}", flush=True)
 
-        # ---- checkpoint: one dict, atomic, every epoch ----
-        ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=cfg,
-                    epoch=epoch + 1, step=(epoch + 1) * steps, history=history, progress_rows=rows,
-                    script=cfg["script"], provenance=runs.provenance(cfg))
-        runs.atomic_torch_save(ckpt, os.path.join(cfg["out"], "checkpoint.pt"))
-        data.write_json(os.path.join(cfg["out"], "history.json"), history)
+        # ---- checkpoint (with the config, atomic) and history.json, every epoch ----
+        ckpt = runs.save_epoch(cfg, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                         epoch=epoch + 1, history=history, progress_rows=rows))
     return ckpt
 
 
 # ==== Evaluation ==============================================================================
 @torch.no_grad()
-def evaluate(model, images_uint8, seed, with_mean_recon=False):
-    """Test figures at beta = 1 in eval mode (BN uses its running statistics, so an image's numbers
-    do not depend on its batch), unit as vae_loss: per-image means of recon, KL and their sum, the
-    negative ELBO, with one z ~ q(z|x) per image from a fixed generator; with_mean_recon: also
-    recon_mu, the MSE of decoding z = mu. Sums in float64 on the CPU (Apple GPUs have none)."""
-    model.eval()
-    device = next(model.parameters()).device
+def evaluate(model, images_uint8, seed):
+    """Test figures at beta = 1 in vae_loss's units, eval mode (BN's running statistics: an image's
+    numbers do not depend on its batch): per-image means of recon, KL and their sum (the negative
+    ELBO) with one z ~ q(z|x) per image from a fixed generator, and recon_mu, the error at z = mu.
+    Sums in float64 on the CPU (Apple GPUs have none)."""
+    device = next(model.eval().parameters()).device
     noise = torch.Generator().manual_seed(runs.noise_seed(seed, "vae_eval"))
     sums = torch.zeros(3, dtype=torch.float64)
     for i in range(0, len(images_uint8), EVAL_BATCH):
@@ -257,21 +241,18 @@ def evaluate(model, images_uint8, seed, with_mean_recon=False):
         mu, logvar = model.encode(x)
         eps = torch.randn(x.shape[0], model.latent_dim, generator=noise).to(device)
         _, mse, kl = vae_loss(model.decode(reparameterise(mu, logvar, eps)), x, mu, logvar)
-        sums[0] += mse.cpu().double() * len(x)
-        sums[1] += kl.cpu().double() * len(x)
-        if with_mean_recon:
-            sums[2] += (model.decode(mu) - x).pow(2).sum(dim=(1, 2, 3)).cpu().double().sum()
+        sums[:2] += torch.stack([mse, kl]).cpu().double() * len(x)   # batch means -> sums
+        sums[2] += (model.decode(mu) - x).pow(2).sum(dim=(1, 2, 3)).cpu().double().sum()
     model.train()
     mse, kl, mse_mu = (sums / len(images_uint8)).tolist()
-    return dict(neg_elbo=mse + kl, recon=mse, kl=kl,
-                **({"recon_mu": mse_mu} if with_mean_recon else {}))
+    return dict(neg_elbo=mse + kl, recon=mse, kl=kl, recon_mu=mse_mu)
 
 
 @torch.no_grad()
-def encode_all(model, images_uint8, device):
+def encode_all(model, images_uint8):
     """mu (N, 64) and the encoder's last conv features (N, 2048: after BN + ReLU, flattened), eval
     mode, float32 on the CPU: the inputs of the linear probes and of latents.npz."""
-    model.eval()
+    device = next(model.eval().parameters()).device
     parts = [model.encoder(data.to_float(images_uint8[i:i + EVAL_BATCH].to(device)))
              for i in range(0, len(images_uint8), EVAL_BATCH)]
     model.train()
@@ -280,32 +261,29 @@ def encode_all(model, images_uint8, device):
 
 
 def evaluate_run(cfg, ckpt, device):
-    """A trained run's figures (ckpt: its checkpoint dict): the loss on all 10,000 test images and,
-    unless --no-probe, linear probes fitted on the training subset and scored on the test images:
-    mu and the last conv features, both also at the random init, and raw pixels. Returns
-    (figures, latents): metrics.json's figures and latents.npz's arrays."""
+    """A trained run's figures: the loss on all 10,000 test images and, unless --no-probe, linear
+    probes fitted on the training subset, scored on the test images: mu and the last conv features,
+    both also at the random init, and pixels. -> (metrics.json's figures, latents.npz's arrays)."""
     model = load_trained(ckpt, device)
     train_x, train_y = data.load_subset(cfg)
     test_x, test_y = data.load_cifar10(cfg["data_dir"], train=False, download=False)
-    final = evaluate(model, test_x, cfg["seed"], with_mean_recon=True)
+    final = evaluate(model, test_x, cfg["seed"])
     print(f"test (beta = 1, {len(test_x)} images): loss {final['neg_elbo']:.2f} = recon "
           f"{final['recon']:.2f} + kl {final['kl']:.2f} | recon at z = mu {final['recon_mu']:.2f}")
-    (mu_train, conv_train), (mu_test, conv_test) = (encode_all(model, x, device)
-                                                    for x in (train_x, test_x))
     figures = dict(test_neg_elbo=final["neg_elbo"], test_recon=final["recon"], test_kl=final["kl"],
                    test_recon_mu=final["recon_mu"], params=runs.count_params(model))
+    (mu, conv), (test_mu, test_conv) = encode_all(model, train_x), encode_all(model, test_x)
     if not cfg["no_probe"]:   # each with its feature size: linear probes reward dimension
         t0, untrained = time.perf_counter(), build_model(cfg, device)   # the same seed, untrained
-        (r_mu_train, r_conv_train), (r_mu_test, r_conv_test) = (encode_all(untrained, x, device)
-                                                                for x in (train_x, test_x))
+        (r_mu, r_conv), (r_test_mu, r_test_conv) = (encode_all(untrained, x)
+                                                    for x in (train_x, test_x))
+        pixels = [metrics.pixel_features(x) for x in (train_x, test_x)]   # (N, 3072) each
         figures.update(metrics.probes([
-            ("probe", mu_train, mu_test), ("pixel_probe", metrics.pixel_features(train_x),
-             metrics.pixel_features(test_x)), ("random_probe", r_mu_train, r_mu_test),
-            ("conv_probe", conv_train, conv_test),
-            ("random_conv_probe", r_conv_train, r_conv_test)],
+            ("probe", mu, test_mu), ("pixel_probe", *pixels), ("random_probe", r_mu, r_test_mu),
+            ("conv_probe", conv, test_conv), ("random_conv_probe", r_conv, r_test_conv)],
             train_y, test_y, cfg["seed"]), probe_seconds=time.perf_counter() - t0)
-    return figures, dict(train_z=mu_train.numpy(), train_y=train_y.numpy(),   # mu (N, 64), (N,)
-                         test_z=mu_test.numpy(), test_y=test_y.numpy())
+    return figures, dict(train_z=mu.numpy(), train_y=train_y.numpy(),   # mu (N, 64), labels (N,)
+                         test_z=test_mu.numpy(), test_y=test_y.numpy())
 
 
 # ---- images from a trained run: this file's pictures and compare.py's scores use these ----
@@ -319,23 +297,14 @@ def load_trained(checkpoint, device):
 @torch.no_grad()
 def decode(model, z):
     """Decoded z (N, latent_dim), eval mode, in batches -> uint8 (N, 3, 32, 32) on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
+    device = next(model.eval().parameters()).device
     return torch.cat([data.to_uint8(model.decode(z[i:i + EVAL_BATCH].to(device))).cpu()
                       for i in range(0, len(z), EVAL_BATCH)])
 
 
-@torch.no_grad()
 def reconstruct(model, images_uint8):
-    """Reconstructions (decoded z = mu, eval mode) of uint8 (N, 3, 32, 32) images -> uint8 on the
-    CPU; the model is left in the mode it was in (progress.png is drawn during training)."""
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
-    out = torch.cat([data.to_uint8(model(data.to_float(images_uint8[i:i + EVAL_BATCH])
-                                         .to(device))[0]).cpu()
-                     for i in range(0, len(images_uint8), EVAL_BATCH)])
-    model.train(was_training)
-    return out
+    """Reconstructions (decoded mu, eval mode) of uint8 (N, 3, 32, 32) images -> uint8, CPU."""
+    return decode(model, encode_all(model, images_uint8)[0])
 
 
 def sample_images(checkpoint, n, seed, device="cpu"):
@@ -345,15 +314,13 @@ def sample_images(checkpoint, n, seed, device="cpu"):
     return decode(model, torch.randn(n, model.latent_dim, generator=g))
 
 
-def reconstruct_images(checkpoint, images_uint8, device="cpu"):
-    return reconstruct(load_trained(checkpoint, device), images_uint8)
-
-
 # ==== Outputs =================================================================================
 OUTPUTS = ["checkpoint.pt  every epoch: model, optimiser, config, history (what --resume reads)",
            "history.json   per epoch: train and test figures;  latents.npz: mu of every image",
            "metrics.json   the final figures on all 10,000 test images, the probe accuracies",
            "progress, reconstructions, interpolations, samples, curves (.png; plane.png: 2-d z)"]
+UNITS = ("neg_elbo = recon + kl at beta 1 (the loss), per image, mean over the test images; recon: "
+         "squared error over 3072 values in [-1, 1]; kl summed over {} dims; recon_mu: at z = mu")
 
 
 @torch.no_grad()
@@ -366,8 +333,8 @@ def save_pictures(cfg, ckpt, device, name="VAE"):
                        caption=f"{name} after {len(epochs)} epoch(s): {caption}")
     test_x = (data.load_cifar10(cfg["data_dir"], train=False, download=False)[0]
               if data.find_archive(cfg["data_dir"]) else None)
-    seeded = torch.Generator().manual_seed(cfg["seed"])   # no data: between two z ~ N(0, I)
-    za, zb = torch.randn(2, k, model.latent_dim, generator=seeded)
+    line, seeded = "between two z ~ N(0, I)", torch.Generator().manual_seed(cfg["seed"])
+    za, zb = torch.randn(2, k, model.latent_dim, generator=seeded)   # no data: these two ends
     if test_x is not None:
         rows = ckpt.get("progress_rows", [])     # 8 fixed test images reconstructed per epoch
         pick = runs.shown_epochs(len(rows), PROGRESS_ROWS)
@@ -380,13 +347,13 @@ def save_pictures(cfg, ckpt, device, name="VAE"):
              "reconstructions.png", "test images above their reconstructions (decoded z = mu)",
              row_labels=["test", "recon"] * (N_SHOW // k))
         ends = test_x[0:2 * k:2], test_x[1:2 * k:2]        # row i: test images 2i and 2i + 1
-        za, zb = (model.encode(data.to_float(t).to(device))[0].cpu() for t in ends)   # (8, 64)
+        za, zb = (encode_all(model, t)[0] for t in ends)   # their mu, (8, 64) each
+        line = "from mu_A to mu_B of test images A (first column) and B (last)"
     grid = decode(model, runs.line_points(za, zb, N_INTERP_STEPS)).view(k, -1, 3, 32, 32)
     if test_x is not None:
         grid = torch.cat([ends[0].unsqueeze(1), grid, ends[1].unsqueeze(1)], 1)   # A, steps, B
-    save(grid.flatten(0, 1), "interpolations.png", n=grid.shape[1], caption="each row decodes "
-         "points on a line " + ("from mu_A to mu_B of test images A (first column) and B (last)"
-                                if test_x is not None else "between two z ~ N(0, I)"))
+    save(grid.flatten(0, 1), "interpolations.png", f"each row decodes points on a line {line}",
+         n=grid.shape[1])
     save(sample_images(ckpt, N_SAMPLES, cfg["seed"], device), "samples.png",
          f"{N_SAMPLES} samples, decoded z ~ N(0, I)")
     if model.latent_dim == 2:       # the whole code space on one page; rows: z2 from 3 down to -3
@@ -395,10 +362,9 @@ def save_pictures(cfg, ckpt, device, name="VAE"):
              "plane.png", f"z on a {PLANE} x {PLANE} grid over [-3, 3]^2, z1 from -3 (left) to 3, "
              "z2 from 3 (top) to -3", n=PLANE)
     ep = [e["epoch"] for e in epochs]
-    get = lambda e, key: e.get(key, e.get(key.replace("neg_", "")))   # older runs: "elbo" keys
+    curve = lambda key: (ep, [e[key] for e in epochs])   # one figure per epoch, from history.json
     data.save_charts(os.path.join(out, "curves.png"), [data.draw_chart(
-        {"train": (ep, [get(e, f"train_{key}") for e in epochs]),
-         f"test (first {EPOCH_TEST})": (ep, [get(e, f"test_{key}") for e in epochs])},
+        {"train": curve(f"train_{key}"), f"test[:{EPOCH_TEST}]": curve(f"test_{key}")},
         title=title, xlabel="epoch", ylabel="per image") for key, title in (
         ("neg_elbo", "loss = -ELBO = recon + KL"), ("recon", "recon: summed squared error"),
         ("kl", "KL to N(0, I), nats"))], ncols=3, caption=f"{name}, per image, lower is better: "
@@ -406,61 +372,33 @@ def save_pictures(cfg, ckpt, device, name="VAE"):
 
 
 def save_outputs(cfg, ckpt, figures, latents, device, t_start, name="VAE"):
-    """latents.npz, the pictures, then metrics.json. Returns metrics.json's dict."""
+    """latents.npz, the pictures, then metrics.json (runs.save_metrics adds the times and the
+    run's record). Returns metrics.json's dict."""
     data.write_npz(os.path.join(cfg["out"], "latents.npz"), **latents)
     save_pictures(cfg, ckpt, device, name)
-    epochs = ckpt["history"]["epochs"]
-    train_seconds, total_seconds = sum(e["seconds"] for e in epochs), time.perf_counter() - t_start
-    out = dict(**figures, epochs=len(epochs), train_seconds=train_seconds,
-               seconds_per_epoch=train_seconds / len(epochs), total_seconds=total_seconds,
-               **runs.run_record(cfg, device),
-               units="neg_elbo = recon + kl at beta 1 (the loss, lower is better), per image, mean "
-                     "over the 10,000 test images; recon = squared error summed over 3072 values "
-                     f"in [-1, 1]; kl = KL(q(z|x) || N(0, I)) summed over "
-                     f"{latents['test_z'].shape[1]} dims; one z ~ q(z|x) per image (recon_mu: z = "
-                     "mu); probe accuracies in [0, 1]; seconds: wall (train: training epochs "
-                     "only; total: this process)")
-    data.write_json(os.path.join(cfg["out"], "metrics.json"), out)
-    print(f"outputs in {cfg['out']} | total {data.format_seconds(total_seconds)} "
-          f"(training {data.format_seconds(train_seconds)})")
-    return out
+    seconds = [e["seconds"] for e in ckpt["history"]["epochs"]]   # each epoch's training steps
+    return runs.save_metrics(cfg, figures, len(seconds), sum(seconds), t_start, device,
+                             UNITS.format(latents["test_z"].shape[1]))
 
 
 # ==== Command line ============================================================================
 def parse_args(argv=None):
-    """The VAE's flags, then those every training script shares (runs.add_run_flags); all checked
-    before any work starts (runs.cli_main turns the ValueError into one line, exit status 2)."""
-    p = runs.make_parser(
-        "Convolutional VAE on CIFAR-10: train it, evaluate it, and probe what its latent code\n"
-        "learned. The docstring of vae.py explains the model, the loss and its units.",
-        examples=["python vae.py --epochs 5 --no-probe --out runs/vae_quick   # a quick look",
-                  "python vae.py                      # the study: 20 epochs, 10k subset, seed 42",
-                  "python vae.py --beta-schedule cyclical --cycles 4 --out runs/vae_cyclical",
-                  "python vae.py --weights weights/vae.pt --out runs/vae_shipped  # shipped model"],
-        outputs=OUTPUTS)
+    """The VAE's flags, then the shared ones (runs.add_run_flags), checked before any work."""
+    p = runs.make_parser("Convolutional VAE on CIFAR-10: train, evaluate and probe it (vae.py's "
+                         "docstring explains it).", runs.doc_examples(__doc__), OUTPUTS)
     g = p.add_argument_group("the VAE")
-    g.add_argument("--lr", type=float, default=LR, help="Adam learning rate")
-    g.add_argument("--latent-dim", type=int, default=LATENT_DIM, help="size of z (2: plane.png)")
-    g.add_argument("--beta", type=float, default=BETA,
+    g.add_argument("--lr", type=runs.POSITIVE, default=LR, help="Adam learning rate")
+    g.add_argument("--latent-dim", type=runs.checked(int, lambda v: 1 <= v <= 4096, "in [1, 4096]"),
+                   default=LATENT_DIM, help="size of z (2: plane.png)")
+    g.add_argument("--beta", type=runs.NON_NEGATIVE, default=BETA,
                    help="KL weight (1: the negative ELBO; the maximum under a schedule)")
-    g.add_argument("--beta-schedule", default=BETA_SCHEDULE,
-                   choices=("constant", "linear", "cyclical"),
-                   help="KL weight per step (beta_at): constant; linear: one ramp over the first "
-                   "half of the run; cyclical: Fu et al. 2019, --cycles ramps")
-    g.add_argument("--cycles", type=int, default=CYCLES, help="ramps of --beta-schedule cyclical")
+    g.add_argument("--beta-schedule", default=BETA_SCHEDULE, choices=("constant", "linear",
+                   "cyclical"), help="KL weight per step (beta_at): constant; linear: one ramp "
+                   "over the first half of the run; cyclical: Fu et al. 2019, --cycles ramps")
+    g.add_argument("--cycles", type=runs.checked(int, lambda v: v >= 1, ">= 1"), default=CYCLES,
+                   help="ramps of --beta-schedule cyclical")
     runs.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
-    a = p.parse_args(argv)
-    for bad, text in ((not (math.isfinite(a.lr) and a.lr > 0), f"--lr must be > 0, got {a.lr}"),
-                      (not 1 <= a.latent_dim <= 4096,
-                       f"--latent-dim must be in [1, 4096], got {a.latent_dim}"),
-                      (not (math.isfinite(a.beta) and a.beta >= 0),
-                       f"--beta must be >= 0, got {a.beta}"),
-                      (a.cycles < 1, f"--cycles must be >= 1, got {a.cycles}")):
-        if bad:
-            raise ValueError(text)
-    a.script = "vae.py"       # saved with the config: which file's model and loop made the run
-    runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
-    return vars(a)
+    return runs.parse_run_flags(p, argv, "vae.py")   # a bad value: one line, exit status 2
 
 
 # ==== Main: config, training, evaluation, outputs =============================================
@@ -475,8 +413,7 @@ def main(argv=None):
     return save_outputs(cfg, ckpt, figures, latents, device, t_start)   # pictures, metrics.json
 
 
-def pictures(cfg, ckpt, device):   # --weights FILE: a shipped model's pictures (runs.other_mode)
-    save_pictures(cfg, ckpt, device)
+pictures = save_pictures   # --weights FILE: a shipped model's pictures (runs.other_mode)
 
 
 if __name__ == "__main__":

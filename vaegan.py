@@ -42,7 +42,6 @@ attribute arithmetic; and --bench (there is no tutorial VAE-GAN loop to time aga
 """
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -209,7 +208,6 @@ def train(cfg, device):
     OUT/history.json. Returns the last checkpoint dict, which everything after training reads."""
     ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
     ckpt = runs.resume_checkpoint(cfg, RESUME_KEYS)   # None without --resume
-    print("config " + json.dumps(cfg, sort_keys=True))
     train_x, train_y = data.load_subset(cfg)                     # uint8 (N, 3, 32, 32), int64 (N,)
     test_x, _ = data.load_cifar10(cfg["data_dir"], train=False, download=False)
     batches = runs.Batches(train_x, train_y, cfg["batch_size"], device=device, seed=cfg["seed"],
@@ -241,9 +239,7 @@ def train(cfg, device):
         # ---- evaluation and logging: one line per epoch, with the ETA ----
         e = evaluate_epoch(model, stats, test_x, cfg, device, epoch, seconds)
         history["epochs"].append(e)
-        done = history["epochs"][start_epoch:]
-        eta = sum(d["seconds"] + d["eval_seconds"] for d in done) / len(done) * (
-            cfg["epochs"] - epoch - 1)
+        eta = runs.eta(history["epochs"][start_epoch:], cfg["epochs"] - epoch - 1)
         print(f"epoch {epoch + 1:3d}/{cfg['epochs']} | train recon {e['train_recon']:7.2f} kl "
               f"{e['train_kl']:6.2f} feat {e['train_feature']:8.2f} | d_loss {e['d_loss']:.3f} "
               f"g_loss {e['g_loss']:.3f} D(x) {e['d_x']:.3f} D(x~) {e['d_rec']:.3f} D(x_p) "
@@ -252,12 +248,10 @@ def train(cfg, device):
               flush=True)
 
         # ---- checkpoint: one dict, atomic, every epoch (model: the VAE, under vae.py's key) ----
-        ckpt = dict(model=model.state_dict(), D=D.state_dict(), opt_vae=opt_vae.state_dict(),
-                    opt_d=opt_d.state_dict(), config=cfg, epoch=epoch + 1,
-                    step=(epoch + 1) * steps, history=history, torch_version=str(torch.__version__),
-                    script=cfg["script"], provenance=runs.provenance(cfg))
-        runs.atomic_torch_save(ckpt, ckpt_path)
-        data.write_json(os.path.join(cfg["out"], "history.json"), history)
+        ckpt = runs.save_epoch(cfg, dict(
+            model=model.state_dict(), D=D.state_dict(), opt_vae=opt_vae.state_dict(),
+            opt_d=opt_d.state_dict(), epoch=epoch + 1, step=(epoch + 1) * steps, history=history,
+            torch_version=str(torch.__version__)))
     return ckpt
 
 
@@ -309,23 +303,18 @@ def parse_args(argv=None):
         outputs=vae.OUTPUTS + ["gan_curves.png: the game per epoch (losses, D's outputs, "
                                "the feature error)"])
     g = p.add_argument_group("the VAE-GAN")
-    g.add_argument("--lr", type=float, default=LR, help="Adam learning rate of all three nets")
-    g.add_argument("--gamma", type=float, default=GAMMA,
+    g.add_argument("--lr", type=runs.POSITIVE, default=LR,
+                   help="Adam learning rate of all three nets")
+    g.add_argument("--gamma", type=runs.NON_NEGATIVE, default=GAMMA,
                    help="weight of the feature error in Dec's loss")
     g.add_argument("--feature-layer", type=int, default=FEATURE_LAYER, choices=(1, 2, 3),
                    help="D's conv layer whose features compare a reconstruction with its image")
     runs.add_run_flags(p, epochs=EPOCHS, subset=SUBSET, batch_size=BATCH_SIZE, seed=SEED, out=OUT)
-    a = p.parse_args(argv)
-    if a.bench:
-        raise ValueError("--bench: vaegan.py has no tutorial loop to time against (vae.py and "
-                         "dcgan.py have)")
-    if not (math.isfinite(a.lr) and a.lr > 0):
-        raise ValueError(f"--lr must be a positive number, got {a.lr}")
-    if not (math.isfinite(a.gamma) and a.gamma >= 0):
-        raise ValueError(f"--gamma must be a number >= 0, got {a.gamma}")
-    a.script = "vaegan.py"
-    runs.check_run_flags(a)   # last: its --out and --resume checks touch the disk
-    return vars(a)
+    def check(a):
+        if a.bench:
+            raise ValueError("--bench: vaegan.py has no tutorial loop to time against (vae.py and "
+                             "dcgan.py have)")
+    return runs.parse_run_flags(p, argv, "vaegan.py", check)
 
 
 # ==== Main: config, training, evaluation, outputs =============================================
@@ -344,7 +333,7 @@ def main(argv=None):
 
 
 # --export and --weights read this file's runs as vae.py's (the VAE under the key "model")
-sample_images, reconstruct_images = vae.sample_images, vae.reconstruct_images
+sample_images, load_trained, reconstruct = vae.sample_images, vae.load_trained, vae.reconstruct
 
 
 def pictures(cfg, ckpt, device):
