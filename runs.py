@@ -214,7 +214,8 @@ def check_run_flags(a):
 
 def setup_run(cfg):
     """The device of a run, its CPU threads, and deterministic kernels -> torch.device."""
-    print("config " + json.dumps(cfg, sort_keys=True))   # every setting of the run, resolved
+    if not (cfg.get("export") or cfg.get("bench") or cfg.get("weights")):   # a training run
+        print("config " + json.dumps(cfg, sort_keys=True))   # every setting, resolved
     device = pick_device(cfg["device"])
     if cfg["threads"]:
         # Each op splits over the threads and waits for the slowest; when another job holds a
