@@ -579,11 +579,12 @@ def _nice_ticks(lo, hi, n=5):
 
 
 def _fmt_tick(v):
+    """A tick's label: 15600 and 0.25 as they are, 2e6 and 1e-4 short (ticks are round numbers)."""
     if v == 0:
         return "0"
     if abs(v) >= 1e5 or abs(v) < 1e-3:
         return f"{v:.0e}".replace("e+0", "e").replace("e-0", "e-")
-    return f"{v:.4g}"
+    return f"{v:.6g}"   # .6g: all digits below 1e5 (".4g" turned 15600 into "1.56e+04")
 
 
 def draw_chart(series, title="", xlabel="", ylabel="", log_y=False, width=480, height=320):
@@ -628,8 +629,9 @@ def draw_chart(series, title="", xlabel="", ylabel="", log_y=False, width=480, h
         draw_text(canvas, left - 6 * S * len(label) - 4 * S, yy - 3 * S, label, dark, S)
     for t in _nice_ticks(x0, x1):
         xx, label = int(round(px(t))), _fmt_tick(t)
-        canvas[top:top + ph, xx] = grey
-        draw_text(canvas, xx - 3 * S * len(label), top + ph + 4 * S, label, dark, S)
+        canvas[top:top + ph, xx] = grey   # the label centred under its tick, kept inside the picture
+        draw_text(canvas, min(xx - 3 * S * len(label), width - 6 * S * len(label)), top + ph + 4 * S,
+                  label, dark, S)
     canvas[top:top + ph, left] = dark
     canvas[top + ph - 1, left:left + pw] = dark
     for i, (name, xs, ys) in enumerate(data):

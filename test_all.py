@@ -417,6 +417,9 @@ class TestData(unittest.TestCase):
         path = os.path.join(self.dir, "c.png")
         data.save_charts(path, [c, c])
         self.assertEqual(decode_png(read_bytes(path)).shape, (328, 972, 3))
+        # tick labels: whole numbers up to 99,999 in full (a 15,600-step x axis read "1.56e+04")
+        self.assertEqual([data._fmt_tick(v) for v in (15600, 0.25, 0, 2e6, 1e-4)],
+                         ["15600", "0.25", "0", "2e6", "1e-4"])
 
     def test_atomic_write_keeps_old_file_on_failure(self):
         path = os.path.join(self.dir, "x.json")
