@@ -216,6 +216,7 @@ def setup_run(cfg):
     """The device of a run, its CPU threads, and deterministic kernels -> torch.device."""
     if not (cfg.get("export") or cfg.get("bench") or cfg.get("weights")):   # a training run
         print("config " + json.dumps(cfg, sort_keys=True))   # every setting, resolved
+        run_provenance(cfg)   # the code and data as the run begins, saved with every epoch
     device = pick_device(cfg["device"])
     if cfg["threads"]:
         # Each op splits over the threads and waits for the slowest; when another job holds a
@@ -318,7 +319,7 @@ def run_record(cfg, device):
     """What metrics.json says of the run besides its figures: where, with what and by what code."""
     return dict(device=str(device), threads=torch.get_num_threads(), torch=str(torch.__version__),
                 seed=cfg["seed"], precision=cfg["precision"], config=cfg, commit=git_commit(),
-                provenance=provenance(cfg))
+                provenance=run_provenance(cfg))
 
 
 OLD_CONFIGS = dict(precision="fp32")   # what a config saved before a shared flag existed meant
@@ -394,7 +395,7 @@ def save_epoch(cfg, ckpt):
     """The end of an epoch on disk: ckpt (a dict: weights, optimiser states, "history", what
     --resume needs) with the config, the script and its provenance, written atomically to
     OUT/checkpoint.pt; its history to OUT/history.json. Returns the saved dict."""
-    ckpt = dict(ckpt, config=cfg, script=cfg["script"], provenance=provenance(cfg))
+    ckpt = dict(ckpt, config=cfg, script=cfg["script"], provenance=run_provenance(cfg))
     atomic_torch_save(ckpt, os.path.join(cfg["out"], "checkpoint.pt"))
     data.write_json(os.path.join(cfg["out"], "history.json"), ckpt["history"])
     return ckpt
@@ -754,6 +755,19 @@ def provenance(cfg, script=None):
         clean = None
     return dict(commit=git_commit(), clean=clean, code_sha256=code_sha256(files), code_files=files,
                 data_md5=data_md5(cfg.get("data_dir", "data")), script=script)
+
+
+_RUN_PROVENANCE = {}   # (out, script, data_dir) -> provenance, taken as a training run begins
+
+
+def run_provenance(cfg):
+    """provenance(cfg), taken once per run and process: the code this process loaded when the
+    run began, not whatever the files on disk say at a later epoch (Python does not reload an
+    edited module, so a later hash could name code that never ran)."""
+    key = (os.path.abspath(cfg.get("out", "")), cfg.get("script"), cfg.get("data_dir", "data"))
+    if key not in _RUN_PROVENANCE:
+        _RUN_PROVENANCE[key] = provenance(cfg)
+    return _RUN_PROVENANCE[key]
 
 
 def _calling_script():

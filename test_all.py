@@ -3274,6 +3274,20 @@ def stamp(run_dir, **change):
     runs.atomic_torch_save(ckpt, cpath)
 
 
+class TestRunProvenance(unittest.TestCase):
+    def test_taken_once_per_run(self):
+        """A run's provenance is taken as it begins, not again at each epoch: the code this process
+        loaded, whatever the files on disk say later."""
+        calls = []
+        fake = lambda cfg: calls.append(cfg["out"]) or {"taken": len(calls)}
+        with tempfile.TemporaryDirectory() as d, mock.patch.object(runs, "provenance", fake):
+            a = dict(out=os.path.join(d, "a"), script="vae.py", data_dir=d)
+            got = [runs.run_provenance(a) for _ in range(3)]
+            other = runs.run_provenance(dict(a, out=os.path.join(d, "b")))   # another run
+        self.assertEqual(got, [{"taken": 1}] * 3)
+        self.assertEqual((other, len(calls)), ({"taken": 2}, 2))
+
+
 class TestReuseProvenance(FakeCifar):
     """One tiny grid (the VAE, 20 images, 1 epoch), then --reuse against each way a run can differ."""
     @classmethod
