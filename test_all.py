@@ -3426,7 +3426,10 @@ class TestInterrupt(unittest.TestCase):
                    "vae_b2=vae: --beta 2", "--epochs", "500", "--subset", "200", "--jobs", "2",
                    "--threads", "1", "--data-dir", root, "--no-download", "--device", "cpu",
                    "--train-flags=--batch-size 10 --no-probe", "--out", os.path.join(tmp, "out")]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # SIGINT as in a terminal: a shell's background job (`cmd &`) starts with it ignored,
+            # and compare.py would inherit that and never see the Ctrl-C below
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             seen = []
             reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
             reader.start()
