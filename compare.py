@@ -881,8 +881,8 @@ def make_parser():
         "(50,000)"))
     add("--fid-precision", choices=list(metrics.PRECISIONS), default="fp32", help=(
         "Inception forward pass: fp32 (default; every published figure) or bf16 autocast, faster "
-        "on a GPU or a CPU with native bfloat16 (1.6x measured here); README.md, 'FID network', "
-        "says what it changes"))
+        "on a GPU or a CPU with native bfloat16; README.md, 'FID network', says what it changes "
+        "and docs/results.md by how much"))
     add("--precision", choices=list(runs.PRECISIONS), default="fp32", help=(
         "training arithmetic of every run: fp32 (default) or bf16 autocast (fast on CUDA and on "
         "CPUs with avx512_bf16/amx_bf16); bf16 runs live in OUT/NAME/seedS-bf16"))

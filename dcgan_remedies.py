@@ -455,8 +455,8 @@ def parse_args(argv=None):
     r.add_argument("--ema", type=runs.checked(float, lambda v: 0 <= v < 1, "in [0, 1)"),
                    default=0.0,
                    help="Yazici et al. 2019: decay of an average of G's weights, in [0, 1) (0: "
-                        "off; at the study's 3,120 G steps the record measured 0.99 a gain, 0.999 "
-                        "worse); pictures and figures then come from it")
+                        "off; docs/results.md measures 0.99 and 0.999); pictures and figures then "
+                        "come from it")
     r.add_argument("--self-attention", action="store_true",
                    help="Zhang et al. 2019 (SAGAN): an attention block at 16 x 16 in G and in D, "
                         "its output scale gamma from 0 (the run starts as the one without it)")
